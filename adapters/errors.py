@@ -1,0 +1,35 @@
+"""The adapters' one small exception hierarchy.
+
+The daemon needs to tell three things apart, because each gets a different answer
+upstream: the cluster could not be asked (503, keep the last known state), the
+cluster answered "no" (an error the caller can read), and the request itself was
+bad (400, nothing was run).
+"""
+
+from __future__ import annotations
+
+
+class DownstreamError(Exception):
+    """Base of everything the adapters raise on purpose."""
+
+
+class InvalidRequest(DownstreamError):
+    """Input from upstream that must not reach the cluster; the message names the problem."""
+
+
+class ClusterUnavailable(DownstreamError):
+    """The cluster could not be asked (SSH down, timeout, backoff). Transient by nature."""
+
+
+class HostKeyRejected(ClusterUnavailable):
+    """The login node's host key is unknown or changed; no command is ever sent."""
+
+
+class CommandFailed(DownstreamError):
+    """The cluster was reached and a command answered with an error."""
+
+    def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
+        self.command = command
+        self.exit_status = exit_status
+        self.stderr = stderr.strip()
+        super().__init__(f"{command.split(' ', 1)[0]} exited {exit_status}: {self.stderr[:500]}")

@@ -1,0 +1,189 @@
+"""The Slurm commands the daemon runs on the login node, over any CommandRunner.
+
+One method per thing the daemon needs; each builds one command line from
+validated or quoted values, runs it once, and parses the answer. The poll is a
+single ``squeue`` for all of this user's jobs, whatever the number of jobs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+import trio
+
+from adapters.errors import CommandFailed
+from adapters.jobscript import JOBID_RE, NAME_RE, Submission
+from adapters.slurm import parsers
+from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
+from adapters.ssh import CommandResult, CommandRunner
+
+_ENV = "SLURM_TIME_FORMAT=standard "
+_MARK = "@@slurm-downstream@@"
+TAIL_LINES = 10_000
+TAIL_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One squeue answer. ``started_at`` lets the caller ignore jobs submitted after it began."""
+
+    started_at: float
+    jobs: dict[str, SlurmJob]
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """Everything the cluster still knows of one job, from three sources."""
+
+    jobid: str
+    squeue: SlurmJob | None = None
+    rc_file: int | None = None
+    accounting: AccountingRecord | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    version: str
+    home: str
+    config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def min_job_age(self) -> int:
+        return int(self.config.get("MinJobAge", "300 sec").split()[0] or 300)
+
+    @property
+    def jobcomp(self) -> bool:
+        return self.config.get("JobCompType", "").endswith("filetxt")
+
+    @property
+    def accounting(self) -> bool:
+        return not self.config.get("AccountingStorageType", "accounting_storage/none").endswith("/none")
+
+
+def _check_jobid(jobid: str) -> str:
+    if not JOBID_RE.match(jobid):
+        raise ValueError(f"not a job id: {jobid!r}")  # callers validate first; this is a last guard
+    return jobid
+
+
+class SlurmClient:
+    def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto") -> None:
+        self.runner = runner
+        self.user = user
+        self.scratch_dir = scratch_dir.rstrip("/") or "/"
+        self.jobs_dir = f"{self.scratch_dir}/.jarvice"
+        self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
+        self.commands = 0
+
+    async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
+        self.commands += 1
+        result = await self.runner.run(command, stdin=stdin)
+        if check and not result.ok:
+            raise CommandFailed(command, result.exit_status, result.stderr)
+        return result
+
+    def _file(self, jobid: str, suffix: str) -> str:
+        return shlex.quote(f"{self.jobs_dir}/{_check_jobid(jobid)}.{suffix}")
+
+    # ---------------------------------------------------------------- startup
+    async def preflight(self) -> ClusterInfo:
+        """Who am I, which Slurm, how long it keeps finished jobs, and a usable scratch dir."""
+        home = (await self._run('printf %s "$HOME"')).stdout.strip()
+        if self.scratch_dir == "~":
+            self.scratch_dir = home
+            self.jobs_dir = f"{home}/.jarvice"
+        version = (await self._run("sbatch --version")).stdout.strip()
+        config = parsers.parse_config((await self._run("scontrol show config")).stdout)
+        await self._run(f"mkdir -p {shlex.quote(self.jobs_dir)} && test -w {shlex.quote(self.jobs_dir)}")
+        info = ClusterInfo(version=version, home=home, config=config)
+        if self.accounting == "auto":
+            self.accounting = "sacct" if info.accounting else "jobcomp" if info.jobcomp else "none"
+        return info
+
+    # ---------------------------------------------------------------- jobs
+    async def submit(self, submission: Submission) -> str:
+        command = "sbatch " + " ".join(shlex.quote(a) for a in submission.sbatch_args)
+        result = await self._run(command, stdin=submission.batch_script)
+        return parsers.parse_sbatch(result.stdout)
+
+    def _squeue(self, extra: str = "") -> str:
+        return f"{_ENV}squeue -h -t all -u {shlex.quote(self.user)}{extra} -o {shlex.quote(parsers.SQUEUE_FORMAT)}"
+
+    async def poll(self) -> Poll:
+        started = trio.current_time()
+        result = await self._run(self._squeue())
+        return Poll(started_at=started, jobs=parsers.parse_squeue(result.stdout))
+
+    async def find_by_name(self, name: str) -> list[SlurmJob]:
+        """Jobs in Slurm carrying this upstream name (for an idempotent submit)."""
+        if not NAME_RE.match(name):
+            raise ValueError(f"not a job name: {name!r}")
+        result = await self._run(self._squeue(f" -n {shlex.quote('jarvice_' + name)}"))
+        return sorted(parsers.parse_squeue(result.stdout).values(), key=lambda j: int(j.jobid))
+
+    def _sacct(self, jobid: str) -> str:
+        if self.accounting == "none":
+            return "true"
+        fields = ",".join(parsers.SACCT_FIELDS)
+        flag = " -c" if self.accounting == "jobcomp" else ""
+        return f"{_ENV}sacct{flag} -n -P -X --delimiter={shlex.quote(SEP)} -j {jobid} -o {fields}"
+
+    async def inspect(self, jobid: str) -> JobFacts:
+        """squeue, the job's exit-code file and accounting, in one round trip."""
+        _check_jobid(jobid)
+        command = (
+            f"{self._squeue(f' -j {jobid}')} 2>/dev/null; echo {_MARK}; "
+            f"cat {self._file(jobid, 'rc')} 2>/dev/null; echo {_MARK}; "
+            f"{self._sacct(jobid)} 2>/dev/null; true"
+        )
+        result = await self._run(command)
+        parts = result.stdout.split(_MARK + "\n")
+        if len(parts) != 3:
+            raise CommandFailed("inspect", result.exit_status, f"unexpected output: {result.stdout[:200]!r}")
+        queue, rc_text, acct = parts
+        return JobFacts(
+            jobid=jobid,
+            squeue=parsers.parse_squeue(queue).get(jobid),
+            rc_file=parsers.parse_rc(rc_text),
+            accounting=parsers.parse_sacct(acct).get(jobid),
+        )
+
+    async def cancel(self, jobid: str, name: str) -> None:
+        """``scancel`` filtered by our job name, so a wrong id cannot cancel a foreign job."""
+        await self._run(f"scancel -n {shlex.quote('jarvice_' + name)} {_check_jobid(jobid)}")
+
+    async def release(self, jobid: str) -> None:
+        await self._run(f"scontrol release {_check_jobid(jobid)}")
+
+    async def show_job(self, jobid: str) -> str:
+        result = await self._run(f"scontrol show job {_check_jobid(jobid)}", check=False)
+        return result.stdout if result.ok else result.stderr
+
+    async def tail(self, jobid: str, lines: int = TAIL_LINES) -> str | None:
+        """The last lines of the job's output, or None when it has none."""
+        path = self._file(jobid, "out")
+        result = await self._run(
+            f"test -f {path} && tail -n {int(lines)} {path} | tail -c {TAIL_BYTES}", check=False
+        )
+        return result.stdout if result.ok else None
+
+    async def cleanup(self, jobid: str) -> None:
+        files = " ".join(self._file(jobid, s) for s in ("out", "rc", "job.sh"))
+        await self._run(f"rm -f {files}")
+
+    async def list_dir(self, path: str, details: bool) -> str:
+        """``pvcls``: one entry per line, prefixed ``/data``, directories with a trailing /."""
+        quoted = shlex.quote(path)
+        if details:
+            fmt_d, fmt_f = shlex.quote("%Y %s /data%n/"), shlex.quote("%Y %s /data%n")
+            command = (
+                f"find {quoted} -mindepth 1 -maxdepth 1 -type d -exec stat -c {fmt_d} {{}} + ; "
+                f"find {quoted} -mindepth 1 -maxdepth 1 -type f -exec stat -c {fmt_f} {{}} +"
+            )
+        else:
+            command = (
+                f"find {quoted} -mindepth 1 -maxdepth 1 -type d -printf '/data%p/\\n'; "
+                f"find {quoted} -mindepth 1 -maxdepth 1 -type f -printf '/data%p\\n'"
+            )
+        return (await self._run(command)).stdout

@@ -1,0 +1,178 @@
+"""Parsers for what Slurm prints. Pure functions, tested against captured real output.
+
+Robustness rules from peers' bug trackers: fields are split on a byte that never
+occurs in Slurm's values (0x1f, the ASCII unit separator), times are read with
+``SLURM_TIME_FORMAT=standard``, and elapsed times may carry days (``D-HH:MM:SS``).
+A line that does not parse is skipped and reported, never guessed at.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import hostlist
+
+from statemachines.slurm_states import to_code
+
+log = logging.getLogger(__name__)
+
+SEP = "\x1f"
+JOB_PREFIX = "jarvice_"
+
+# squeue -o fields, in order; the daemon asks for exactly these.
+SQUEUE_FIELDS = ("%A", "%j", "%t", "%M", "%N", "%r", "%k")
+SQUEUE_FORMAT = SEP.join(SQUEUE_FIELDS)
+SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "NodeList")
+
+_DURATION_RE = re.compile(r"^(?:(\d+)-)?(\d+(?::\d{1,2}){0,2})(?:\.\d+)?$")
+
+
+class ParseError(ValueError):
+    """Slurm printed something this daemon does not understand."""
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One job as squeue shows it at one instant."""
+
+    jobid: str
+    name: str  # upstream's name, without the jarvice_ prefix
+    code: str  # compact state code, e.g. PD, R, CD
+    elapsed: int  # seconds
+    nodes: tuple[str, ...]
+    reason: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class AccountingRecord:
+    """One job as sacct (or sacct -c, from the jobcomp file) remembers it."""
+
+    jobid: str
+    name: str
+    code: str
+    exit_code: int | None
+    elapsed: int
+    nodes: tuple[str, ...]
+
+
+def parse_duration(text: str) -> int:
+    """Slurm's printed durations: ``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS`` (and bare seconds)."""
+    text = text.strip()
+    if not text or text in {"INVALID", "UNLIMITED", "NOT_SET", "N/A", "Partition_Limit"}:
+        return 0
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ParseError(f"not a Slurm duration: {text!r}")
+    days, clock = match.groups()
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return int(days or 0) * 86400 + seconds
+
+
+def expand_nodes(text: str) -> tuple[str, ...]:
+    """``node[1-3],gpu07`` -> ``('node1', 'node2', 'node3', 'gpu07')``."""
+    text = text.strip()
+    if not text or text in {"(null)", "None assigned", "None"}:
+        return ()
+    try:
+        return tuple(hostlist.expand_hostlist(text))
+    except hostlist.BadHostlist as exc:
+        raise ParseError(f"not a Slurm node list: {text!r} ({exc})") from None
+
+
+def strip_prefix(slurm_name: str) -> str | None:
+    return slurm_name[len(JOB_PREFIX):] if slurm_name.startswith(JOB_PREFIX) else None
+
+
+def parse_squeue(output: str) -> dict[str, SlurmJob]:
+    """Parse ``squeue -h -o SQUEUE_FORMAT``; keep only JARVICE jobs."""
+    jobs: dict[str, SlurmJob] = {}
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(SEP)
+        if len(fields) != len(SQUEUE_FIELDS):
+            log.warning("squeue: skipped a line with %d fields instead of %d: %r", len(fields), len(SQUEUE_FIELDS), line[:200])
+            continue
+        jobid, slurm_name, code, elapsed, nodes, reason, comment = fields
+        name = strip_prefix(slurm_name)
+        if name is None:
+            continue
+        try:
+            jobs[jobid.strip()] = SlurmJob(
+                jobid=jobid.strip(),
+                name=name,
+                code=to_code(code),
+                elapsed=parse_duration(elapsed),
+                nodes=expand_nodes(nodes),
+                reason=reason.strip(),
+                comment=comment.strip(),
+            )
+        except ParseError as exc:
+            log.warning("squeue: skipped job %s: %s", jobid, exc)
+    return jobs
+
+
+def parse_exit_code(text: str) -> int | None:
+    """sacct's ``ExitCode`` is ``code:signal``."""
+    head = text.strip().split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def parse_sacct(output: str) -> dict[str, AccountingRecord]:
+    """Parse ``sacct -n -P --delimiter=SEP -o SACCT_FIELDS`` (with or without ``-c``).
+
+    sacct lists job steps (``12.batch``) too; only the allocation line counts.
+    The jobcomp file may hold one job twice (requeued); the last line wins.
+    """
+    records: dict[str, AccountingRecord] = {}
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(SEP)
+        if len(fields) != len(SACCT_FIELDS):
+            log.warning("sacct: skipped a line with %d fields: %r", len(fields), line[:200])
+            continue
+        jobid, name, state, exit_code, elapsed, nodes = (f.strip() for f in fields)
+        if "." in jobid:
+            continue
+        try:
+            records[jobid] = AccountingRecord(
+                jobid=jobid,
+                name=strip_prefix(name) or name,
+                code=to_code(state),
+                exit_code=parse_exit_code(exit_code),
+                elapsed=parse_duration(elapsed),
+                nodes=expand_nodes(nodes),
+            )
+        except ParseError as exc:
+            log.warning("sacct: skipped job %s: %s", jobid, exc)
+    return records
+
+
+def parse_sbatch(output: str) -> str:
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
+    first = output.strip().splitlines()[0] if output.strip() else ""
+    jobid = first.split(";", 1)[0].strip()
+    if not jobid.isdigit():
+        raise ParseError(f"sbatch printed no job id: {output.strip()[:200]!r}")
+    return jobid
+
+
+def parse_config(output: str) -> dict[str, str]:
+    """``scontrol show config``: ``Key  = value`` lines."""
+    config: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and " " not in key.strip():
+            config[key.strip()] = value.strip()
+    return config
+
+
+def parse_rc(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?\d{1,5}", text) else None

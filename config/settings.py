@@ -1,0 +1,262 @@
+"""The daemon's settings, read once from the environment and validated.
+
+Every variable the daemon reads is declared here, with its default and its
+check, so an operator finds them all in one place and an invalid value stops the
+start with one line that names the variable (exit code 2), never later, in the
+middle of a job. Names follow the JARVICE seed document exactly; the few that
+are ours are marked in ``config/README.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the daemon cannot run with."""
+
+    def __init__(self, variable: str, why: str) -> None:
+        super().__init__(f"{variable}: {why}")
+        self.variable = variable
+        self.why = why
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50}
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_SERVER_KEY_RE = re.compile(r"^[^:\s]+:\S+$")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Where container images come from (the Helm chart's registry values)."""
+
+    system_registry: str = "us-docker.pkg.dev"
+    system_repo_base: str = "jarvice-system/images"
+    images_tag: str = "latest"
+    local_registry: str = ""
+    local_repo_base: str = ""
+    proxy_port: int | None = None
+    proxy_repos: tuple[str, ...] = ()
+    # base64 values, as the chart stores them; secrets, never logged
+    docker_username: str = field(default="", repr=False)
+    docker_password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_addr: str
+    cluster_port: int
+    ssh_user: str
+    ssh_pkey: str = field(repr=False)  # PEM text, decoded from base64 if needed
+    ssh_known_hosts: str | None  # a path or known_hosts lines
+    ssh_insecure_host_key: bool
+    ssh_max_sessions: int
+    ssh_keepalive: float
+    command_timeout: float
+    log_level: int
+    https_proxy: str
+    http_proxy: str
+    no_proxy: str
+    singularity_tmpdir: str
+    overlay_size: int
+    singularity_verbose: bool
+    server_key: str | None = field(repr=False)  # "user:password"
+    scratch_dir: str
+    jobs_domain: str
+    executor: str
+    poll_interval: float
+    service_port: int
+    ssh_port: int
+    registry: Registry
+
+    @property
+    def server_user(self) -> str | None:
+        return self.server_key.split(":", 1)[0] if self.server_key else None
+
+
+def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, default).strip()
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number of seconds, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be between {lo:g} and {hi:g}, got {value:g}")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    if not value:
+        raise ConfigError(name, "is required and not set")
+    return value
+
+
+def decode_private_key(raw: str, name: str = "JARVICE_SLURM_SSH_PKEY") -> str:
+    """Accept PEM text or base64 of PEM (how Kubernetes secrets often carry it)."""
+    text = raw.strip()
+    if not text.startswith("-----BEGIN"):
+        try:
+            text = base64.b64decode("".join(text.split()), validate=True).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError(name, "is neither a PEM private key nor base64 of one") from None
+    if not (text.startswith("-----BEGIN") and "PRIVATE KEY-----" in text):
+        raise ConfigError(name, "is neither a PEM private key nor base64 of one")
+    return text + "\n"
+
+
+def _log_level(env: Mapping[str, str]) -> int:
+    name = "JARVICE_SLURM_SCHED_LOGLEVEL"
+    raw = _get(env, name, "INFO").upper()
+    if raw.isdigit():
+        level = int(raw)
+        if level in _LOG_LEVELS.values():
+            return level
+    elif raw in _LOG_LEVELS:
+        return _LOG_LEVELS[raw]
+    raise ConfigError(name, f"expected DEBUG, INFO, WARNING, ERROR, CRITICAL or 10..50, got {raw!r}")
+
+
+def _registry(env: Mapping[str, str]) -> Registry:
+    local = _get(env, "JARVICE_LOCAL_REGISTRY")
+    local_base = _get(env, "JARVICE_LOCAL_REPO_BASE")
+    if local and not local_base:
+        raise ConfigError("JARVICE_LOCAL_REPO_BASE", "must be set when JARVICE_LOCAL_REGISTRY is")
+    proxy_port = _int(env, "JARVICE_REGISTRY_PROXY_PORT", 0, 0, 65535) or None
+    proxy_repos = tuple(r.strip() for r in _get(env, "JARVICE_REGISTRY_PROXY_REPOS").split(",") if r.strip())
+    if proxy_port and not proxy_repos:
+        raise ConfigError("JARVICE_REGISTRY_PROXY_REPOS", "must be set when JARVICE_REGISTRY_PROXY_PORT is")
+    creds = {}
+    for var in ("JARVICE_DOCKER_USERNAME", "JARVICE_DOCKER_PASSWORD"):
+        value = _get(env, var)
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ConfigError(var, "must be base64 (as the Helm chart stores it)") from None
+        creds[var] = value
+    return Registry(
+        system_registry=_get(env, "JARVICE_SYSTEM_REGISTRY", Registry.system_registry),
+        system_repo_base=_get(env, "JARVICE_SYSTEM_REPO_BASE", Registry.system_repo_base),
+        images_tag=_get(env, "JARVICE_IMAGES_TAG", "latest"),
+        local_registry=local,
+        local_repo_base=local_base,
+        proxy_port=proxy_port,
+        proxy_repos=proxy_repos,
+        docker_username=creds["JARVICE_DOCKER_USERNAME"],
+        docker_password=creds["JARVICE_DOCKER_PASSWORD"],
+    )
+
+
+def _known_hosts(env: Mapping[str, str]) -> str | None:
+    name = "JARVICE_SLURM_SSH_KNOWN_HOSTS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        default = Path.home() / ".ssh" / "known_hosts"
+        return str(default) if default.is_file() else None
+    if "\n" in raw or " " in raw:
+        return raw + "\n"  # inline known_hosts lines
+    if not Path(raw).is_file():
+        raise ConfigError(name, f"file {raw} does not exist")
+    return raw
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every variable; raise ConfigError on the first bad one."""
+    env = os.environ if env is None else env
+    addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
+    if not _HOST_RE.match(addr):
+        raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
+    user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
+    if not _USER_RE.match(user):
+        raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    server_key = _get(env, "JARVICE_SCHED_SERVER_KEY") or None
+    if server_key and not _SERVER_KEY_RE.match(server_key):
+        raise ConfigError("JARVICE_SCHED_SERVER_KEY", "must be user:password")
+    if server_key is None and not _bool(env, "JARVICE_SLURM_INSECURE_NO_AUTH"):
+        raise ConfigError(
+            "JARVICE_SCHED_SERVER_KEY",
+            "is not set; upstream calls would be unauthenticated "
+            "(set JARVICE_SLURM_INSECURE_NO_AUTH=true only for development)",
+        )
+    scratch = _get(env, "JARVICE_SLURM_SCRATCH_DIR", "~")
+    if scratch != "~" and not scratch.startswith("/"):
+        raise ConfigError("JARVICE_SLURM_SCRATCH_DIR", f"must be an absolute path or ~, got {scratch!r}")
+    jobs_domain = _get(env, "JARVICE_JOBS_DOMAIN")
+    if jobs_domain and not re.match(r"^[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._/-]*\$)?$", jobs_domain):
+        raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
+    max_sessions = _int(env, "JARVICE_SLURM_SSH_MAX_SESSIONS", 8, 1, 1000)
+    return Settings(
+        cluster_addr=addr,
+        cluster_port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
+        ssh_user=user,
+        ssh_pkey=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
+        ssh_known_hosts=_known_hosts(env),
+        ssh_insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
+        ssh_max_sessions=max_sessions,
+        ssh_keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
+        command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),
+        log_level=_log_level(env),
+        https_proxy=_get(env, "JARVICE_SLURM_HTTPS_PROXY"),
+        http_proxy=_get(env, "JARVICE_SLURM_HTTP_PROXY"),
+        no_proxy=_get(env, "JARVICE_SLURM_NO_PROXY"),
+        singularity_tmpdir=_get(env, "JARVICE_SINGULARITY_TMPDIR", "/tmp"),
+        overlay_size=_int(env, "JARVICE_SLURM_OVERLAY_SIZE", 600, 0, 10_000_000),
+        singularity_verbose=_bool(env, "JARVICE_SINGULARITY_VERBOSE"),
+        server_key=server_key,
+        scratch_dir=scratch.rstrip("/") or "/",
+        jobs_domain=jobs_domain,
+        executor=_get(env, "JARVICE_BAREMETAL_EXECUTOR", "singularity"),
+        poll_interval=_float(env, "JARVICE_SLURM_POLL_INTERVAL", 2.0, 0.2, 600.0),
+        service_port=_int(env, "JARVICE_SLURM_SERVICE_PORT", 2228, 1, 65535),
+        ssh_port=_int(env, "JARVICE_SLURM_JOB_SSH_PORT", 2227, 1, 65535),
+        registry=_registry(env),
+    )
+
+
+def configure_logging(level: int) -> None:
+    """The seed document's log layout: ``2023-09-12 09:08:04,204 [1] INFO msg``."""
+    logging.basicConfig(level=level, format="%(asctime)s [%(process)d] %(levelname)s %(message)s", force=True)
+    # asyncssh logs every channel at INFO; keep it quiet unless debugging
+    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+    logging.getLogger("hypercorn.access").setLevel(max(level, logging.WARNING))

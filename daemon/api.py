@@ -1,0 +1,222 @@
+"""The upstream ("legacy") HTTP API, exactly as ``upstream-api.md`` describes it.
+
+Handlers are thin: parse ``args``, call the reactor, shape the answer. Errors
+map in one place: bad input 400, bad credentials 401, unknown route 404, a job in
+the wrong state 409, cluster unreachable 503; anything unexpected is logged with
+its traceback and answered 500 with a JSON body that carries no detail.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import re
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from adapters.errors import ClusterUnavailable, InvalidRequest
+from adapters.jobscript import check_jobid, check_name
+from daemon.service import TAIL_DEFAULT, Conflict, Downstream, NotFound
+
+log = logging.getLogger(__name__)
+
+PROBES = frozenset({"/live", "/ready"})
+MAX_BODY = 16 * 1024 * 1024
+_PATH_RE = re.compile(r"^/[^\0\n\r]*$")
+
+try:
+    VERSION = version("slurm-downstream")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0+unknown"
+
+
+def _json(value: object, status: int = 200) -> Response:
+    return Response(json.dumps(value), status=status, mimetype="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    response = _json({"error": message}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="slurm-downstream"'
+    return response
+
+
+def credentials_ok(header: str | None, server_key: str) -> bool:
+    """Constant-time check of HTTP Basic credentials against ``user:password``."""
+    supplied = b""
+    if header and header[:6].lower() == "basic ":
+        try:
+            supplied = base64.b64decode(header[6:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            supplied = b""
+    return hmac.compare_digest(supplied, server_key.encode())
+
+
+async def read_args() -> dict:
+    """The ``args`` form field (JSON object); a JSON body is accepted too."""
+    form = await request.form
+    raw = form.get("args")
+    if raw is None:
+        body = await request.get_data(as_text=False)
+        if not body:
+            return {}
+        raw = body
+    try:
+        args = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("'args' is not valid JSON") from None
+    if not isinstance(args, dict):
+        raise InvalidRequest("'args' must be a JSON object")
+    return args
+
+
+def _qs(args: Mapping[str, object]) -> dict[str, list]:
+    qs = args.get("qs", {})
+    if not isinstance(qs, dict):
+        raise InvalidRequest("'qs' must be an object of lists")
+    return {k: v if isinstance(v, list) else [v] for k, v in qs.items()}
+
+
+def _first(qs: Mapping[str, list], key: str, default: str) -> str:
+    values = qs.get(key) or [default]
+    return str(values[0])
+
+
+def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
+    app = QuartTrio("slurm_downstream")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if request.path in PROBES or server_key is None:
+            return None
+        if not credentials_ok(request.headers.get("Authorization"), server_key):
+            return _error(401, "missing or wrong credentials (HTTP Basic, JARVICE_SCHED_SERVER_KEY)")
+        return None
+
+    @app.errorhandler(InvalidRequest)
+    async def bad_request(exc: InvalidRequest) -> Response:
+        return _error(400, str(exc))
+
+    @app.errorhandler(ClusterUnavailable)
+    async def unavailable(exc: ClusterUnavailable) -> Response:
+        return _error(503, f"cluster unavailable: {exc}")
+
+    @app.errorhandler(Conflict)
+    async def conflict(exc: Conflict) -> Response:
+        return _error(409, str(exc))
+
+    @app.errorhandler(NotFound)
+    async def not_found(exc: NotFound) -> Response:
+        return _error(404, str(exc))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    async def internal(exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, "internal error; see the daemon's log")
+
+    # ---------------------------------------------------------------- probes
+    @app.get("/live")
+    async def live() -> Response:
+        return _json({"status": "OK"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if not downstream.ready:
+            return _json({"status": "NOT READY", "version": VERSION, "error": downstream.status.last_error}, 503)
+        return _json({"status": "OK", "version": VERSION})
+
+    @app.get("/gc")
+    async def gc() -> Response:
+        if await downstream.gc():
+            return _json({"status": "OK"})
+        return _json({"status": "BAD"}, 500)
+
+    # ---------------------------------------------------------------- constants
+    @app.get("/nodes")
+    async def nodes() -> Response:
+        return _json(True)
+
+    @app.post("/online")
+    async def online() -> Response:
+        await read_args()
+        return _json(True)
+
+    # ---------------------------------------------------------------- jobs
+    @app.post("/submit")
+    async def submit() -> Response:
+        return _json(await downstream.submit(await read_args()))
+
+    @app.get("/queued")
+    async def queued() -> Response:
+        return _json(downstream.queued())
+
+    @app.get("/running")
+    async def running() -> Response:
+        return _json(downstream.running())
+
+    @app.post("/runstatus")
+    async def runstatus() -> Response:
+        return _json(downstream.runstatus(await read_args()))
+
+    @app.post("/exitstatus")
+    async def exitstatus() -> Response:
+        return _json(await downstream.exitstatus(await read_args()))
+
+    @app.post("/terminate")
+    async def terminate() -> Response:
+        return _json(await downstream.terminate(await read_args()))
+
+    @app.post("/release")
+    async def release() -> Response:
+        return _json(await downstream.release(await read_args()))
+
+    @app.post("/events")
+    async def events() -> Response:
+        return _json(await downstream.events(await read_args()))
+
+    @app.post("/request/<path:path>")
+    async def job_request(path: str) -> Response:
+        args = await read_args()
+        qs = _qs(args)
+        if path == "pvcls":
+            target = _first(qs, "path", "/")
+            if not _PATH_RE.match(target) or "/../" in f"{target}/":
+                raise InvalidRequest("'path' must be an absolute path without '..'")
+            details = _first(qs, "details", "false").lower() == "true"
+            return Response(await downstream.pvcls(target, details), mimetype="text/plain")
+        parts = path.split("/")
+        if len(parts) != 4:
+            raise InvalidRequest("request path must be <name>/<number>/<jobid>/<method> or pvcls")
+        name, number, jobid, method = parts
+        check_name(name)
+        check_jobid(jobid)
+        if not number.isdigit():
+            raise InvalidRequest("'number' must be an integer")
+        ids = {"name": name, "number": number, "jobid": jobid}
+        if method in {"shutdown", "abort"}:
+            await downstream.terminate(ids)
+            return Response("", status=200)
+        if method == "info":
+            return _json({"about": "", "help": "", "url": "", "actions": {}})
+        if method == "tail":
+            raw = _first(qs, "lines", str(TAIL_DEFAULT))
+            lines = int(raw) if raw.isdigit() and 0 < int(raw) <= 100_000 else TAIL_DEFAULT
+            return Response(await downstream.tail(jobid, lines), mimetype="text/plain")
+        if method == "screenshot":
+            raise NotFound("screenshots are not supported")
+        return Response("", status=200)  # ping, connect, and methods we do not implement
+
+    return app

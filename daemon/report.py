@@ -1,0 +1,43 @@
+"""The start-up report, in the seed document's layout, so operators find what they know.
+
+Secrets are never printed: the key shows as its type and fingerprint, the server
+key as its user name only.
+"""
+
+from __future__ import annotations
+
+from config.settings import Settings
+
+
+def init_report(settings: Settings, key_description: str) -> list[str]:
+    s = settings
+    host_key = "NOT VERIFIED (JARVICE_SLURM_SSH_INSECURE_HOST_KEY=true)" if s.ssh_insecure_host_key else (
+        "verified against " + ("inline known_hosts" if s.ssh_known_hosts and "\n" in s.ssh_known_hosts
+                               else (s.ssh_known_hosts or "an empty known_hosts: every key will be refused"))
+    )
+    return [
+        "",
+        "+----- Slurm Scheduler init report -----+",
+        "|-- SSH connection to target cluster:",
+        f"|     host: {s.cluster_addr}",
+        f"|     port: {s.cluster_port}",
+        f"|     user: {s.ssh_user}",
+        f"|     key: {key_description}",
+        f"|     host key: {host_key}",
+        f"|     max sessions: {s.ssh_max_sessions}, keepalive: {s.ssh_keepalive:g}s",
+        "|-- Script environment:",
+        f"|     scratch dir: {s.scratch_dir}",
+        f"|     http_proxy: {s.http_proxy}",
+        f"|     https_proxy: {s.https_proxy}",
+        f"|     no_proxy: {s.no_proxy}",
+        "|-- Singularity environment:",
+        f"|     tmp work dir: {s.singularity_tmpdir}",
+        f"|     verbose mode: {str(s.singularity_verbose).lower()}",
+        f"|     overlay size: {s.overlay_size}",
+        "|-- Downstream:",
+        f"|     poll interval: {s.poll_interval:g}s",
+        f"|     jobs domain: {s.jobs_domain}",
+        f"|     upstream auth: {'HTTP Basic, user ' + str(s.server_user) if s.server_key else 'DISABLED'}",
+        "+---------------------------------------+",
+        "",
+    ]

@@ -1,0 +1,126 @@
+"""Start-up and the one trio nursery: the poller and the HTTP server, side by side."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from adapters.errors import DownstreamError
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.client import SlurmClient
+from adapters.ssh import SSHClient, SSHTarget, load_private_key
+from config.settings import ConfigError, Settings
+from daemon.api import create_app
+from daemon.report import init_report
+from daemon.service import Downstream
+
+log = logging.getLogger("slurm_downstream")
+
+
+def ssh_target(settings: Settings) -> SSHTarget:
+    return SSHTarget(
+        host=settings.cluster_addr,
+        port=settings.cluster_port,
+        user=settings.ssh_user,
+        private_key=settings.ssh_pkey,
+        known_hosts=settings.ssh_known_hosts,
+        insecure_host_key=settings.ssh_insecure_host_key,
+        keepalive=settings.ssh_keepalive,
+    )
+
+
+def describe_key(settings: Settings) -> str:
+    """Type and fingerprint of the client key; raises ConfigError if it is unusable."""
+    try:
+        key = load_private_key(settings.ssh_pkey)
+    except ValueError as exc:
+        raise ConfigError("JARVICE_SLURM_SSH_PKEY", str(exc)) from None
+    return f"{key.algorithm.decode()} {key.get_fingerprint()}"
+
+
+def script_environment(settings: Settings) -> ScriptEnvironment:
+    reg = settings.registry
+    return ScriptEnvironment(
+        scratch_dir=settings.scratch_dir,
+        service_port=settings.service_port,
+        ssh_port=settings.ssh_port,
+        singularity_tmpdir=settings.singularity_tmpdir,
+        overlay_size=settings.overlay_size,
+        singularity_verbose=settings.singularity_verbose,
+        http_proxy=settings.http_proxy,
+        https_proxy=settings.https_proxy,
+        no_proxy=settings.no_proxy,
+        system_registry=reg.system_registry,
+        system_repo_base=reg.system_repo_base,
+        images_tag=reg.images_tag,
+        local_registry=reg.local_registry,
+        local_repo_base=reg.local_repo_base,
+        registry_proxy_port=reg.proxy_port,
+        registry_proxy_repos=reg.proxy_repos,
+        init_username_b64=reg.docker_username,
+        init_password_b64=reg.docker_password,
+    )
+
+
+def open_ssh(settings: Settings) -> SSHClient:
+    return SSHClient(ssh_target(settings), max_sessions=settings.ssh_max_sessions,
+                     command_timeout=settings.command_timeout)
+
+
+async def connectivity_test(downstream: Downstream) -> bool:
+    """The seed document's connectivity test, then our preflight (Slurm, scratch)."""
+    log.info(" Now testing connectivity to target cluster...")
+    try:
+        await downstream.preflight()
+    except DownstreamError as exc:
+        log.warning(" SSH failed: %s", exc)
+        log.warning(" Could not connect to remote cluster! :(")
+        log.warning(" Please check ssh parameters.")
+        return False
+    log.info(" Success! :)")
+    return True
+
+
+def build_downstream(settings: Settings, ssh: SSHClient) -> Downstream:
+    slurm = SlurmClient(ssh, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
+    return Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
+                      poll_interval=settings.poll_interval)
+
+
+async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until cancelled or signalled; report the bound address when serving."""
+    key = describe_key(settings)
+    for line in init_report(settings, key):
+        log.info(line)
+    async with open_ssh(settings) as ssh:
+        downstream = build_downstream(settings, ssh)
+        await connectivity_test(downstream)
+        log.info("")
+        log.info(" Init done. Entering main loop.")
+        config = HypercornConfig()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 5
+        app = create_app(downstream, settings.server_key)
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(downstream.run)
+            binds = await nursery.start(partial(hypercorn_serve, app, config))
+            log.info("serving the upstream API on %s", ", ".join(binds))
+            task_status.started(binds)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return

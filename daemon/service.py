@@ -1,0 +1,343 @@
+"""The core reactor: upstream requests and poll results in, job machines and Slurm calls out.
+
+Everything here runs on the trio thread. The book of jobs is only touched in
+code without an ``await`` in between reads and writes, so requests and the
+poller never see a half-updated job; submits of one name are serialised by a
+per-name lock (kopf's per-object serialisation), so a retried ``/submit`` can
+never create a second Slurm job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from adapters import jobscript
+from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.client import ClusterInfo, SlurmClient
+from statemachines.book import DuplicateJob, JobBook
+from statemachines.job import Effect, Finished, Job, Observation, Outcome, Resolve
+from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
+
+log = logging.getLogger(__name__)
+
+TAIL_DEFAULT = 100
+ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
+
+
+class Conflict(DownstreamError):
+    """The request is valid but the job is not in a state that allows it (409)."""
+
+
+class NotFound(DownstreamError):
+    """Nothing to show (404)."""
+
+
+def hms(seconds: int) -> str:
+    """Upstream's elapsed format: ``HH:MM:SS``, hours may exceed 24."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def termination_line(state: str) -> str:
+    return f"<< termination state: {state} -- see STDOUT for job errors >>"
+
+
+@dataclass
+class PollStatus:
+    ok_at: float = -math.inf  # trio time of the last successful poll
+    polls: int = 0
+    failures: int = 0
+    last_error: str = ""
+    last_duration: float = 0.0
+
+
+@dataclass
+class _Answer:
+    value: list
+    expires: float
+
+
+@dataclass
+class Downstream:
+    slurm: SlurmClient
+    script_env: ScriptEnvironment
+    executor: str = "singularity"
+    poll_interval: float = 2.0
+    book: JobBook = field(default_factory=JobBook)
+    status: PollStatus = field(default_factory=PollStatus)
+    cluster: ClusterInfo | None = None
+
+    def __post_init__(self) -> None:
+        self._answers: dict[str, _Answer] = {}
+        self._name_locks: dict[str, trio.Lock] = {}
+        self._resolving: set[str] = set()
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ freshness
+    @property
+    def ready(self) -> bool:
+        return self.status.polls > 0
+
+    def stale_after(self) -> float:
+        return max(3 * self.poll_interval, 10.0)
+
+    def require_fresh(self) -> None:
+        """Answers from a snapshot the cluster has not confirmed lately would be made up."""
+        age = trio.current_time() - self.status.ok_at
+        if age > self.stale_after():
+            why = self.status.last_error or "no successful poll yet"
+            raise ClusterUnavailable(f"cluster state unknown for {age:.0f}s: {why}" if self.ready else why)
+
+    # ------------------------------------------------------------ the poller
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll forever; effects run as tasks of the same nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self.poll_once()
+                with trio.move_on_after(self.poll_interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Poll now instead of at the end of the interval (after submit, cancel, release)."""
+        self._wake.set()
+
+    async def preflight(self) -> ClusterInfo:
+        """Learn the cluster (home, Slurm version, MinJobAge, accounting); done once."""
+        info = await self.slurm.preflight()
+        self.script_env = replace(self.script_env, scratch_dir=self.slurm.scratch_dir)
+        self.cluster = info
+        log.info("cluster: %s, MinJobAge %ss, finished jobs looked up with %s, scratch %s",
+                 info.version, info.min_job_age, self.slurm.accounting, self.slurm.scratch_dir)
+        return info
+
+    async def poll_once(self) -> None:
+        started = trio.current_time()
+        try:
+            if self.cluster is None:
+                await self.preflight()
+            poll = await self.slurm.poll()
+        except DownstreamError as exc:
+            self.status.failures += 1
+            self.status.last_error = str(exc)
+            log.warning("poll failed, jobs keep their last known state: %s", exc)
+            return
+        now = trio.current_time()
+        seen = {
+            jobid: Observation(code=j.code, reason=j.reason, nodes=j.nodes, elapsed=j.elapsed)
+            for jobid, j in poll.jobs.items()
+        }
+        effects = self.book.apply_poll(seen, poll.started_at, now)
+        self.status.polls += 1
+        self.status.ok_at = now
+        self.status.last_error = ""
+        self.status.last_duration = now - started
+        self._expire_answers(now)
+        self.execute(effects)
+
+    def execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Resolve) and effect.jobid not in self._resolving and self._nursery:
+                self._resolving.add(effect.jobid)
+                self._nursery.start_soon(self._resolve, effect.jobid)
+            elif isinstance(effect, Finished):
+                job = self.book.get(effect.jobid)
+                if job is not None:
+                    log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code)
+
+    async def _resolve(self, jobid: str) -> None:
+        try:
+            facts = await self.slurm.inspect(jobid)
+        except DownstreamError as exc:
+            log.warning("job %s vanished from squeue and could not be inspected (will retry): %s", jobid, exc)
+            return
+        finally:
+            self._resolving.discard(jobid)
+        job = self.book.get(jobid)
+        if job is None:
+            return
+        if facts.squeue is not None:  # it is back (or was never gone): the next poll handles it
+            return
+        acct = facts.accounting
+        outcome = Outcome(
+            code=acct.code if acct else "",
+            elapsed=acct.elapsed if acct else 0,
+            nodes=acct.nodes if acct else (),
+            rc_file=facts.rc_file,
+        )
+        self.execute(self.book.resolved(job, outcome))
+
+    def _expire_answers(self, now: float) -> None:
+        for jobid in [j for j, a in self._answers.items() if a.expires < now]:
+            del self._answers[jobid]
+
+    # ------------------------------------------------------------ upstream: snapshot answers
+    def queued(self) -> list[list[str]]:
+        self.require_fresh()
+        return self.book.queued()
+
+    def running(self) -> list[list[str]]:
+        self.require_fresh()
+        return self.book.running()
+
+    def runstatus(self, args: Mapping[str, object]) -> list:
+        name, number, jobid = job_identity(args)
+        job = self.book.get(jobid)
+        if job is None or job.name != name:
+            return [None, None, None, None]
+        self.require_fresh()
+        return [list(job.nodes), hms(job.elapsed_at(trio.current_time())), f"{name}/{number}/{jobid}", None]
+
+    # ------------------------------------------------------------ upstream: actions
+    def _lock(self, name: str) -> trio.Lock:
+        return self._name_locks.setdefault(name, trio.Lock())
+
+    async def submit(self, args: Mapping[str, object]) -> list:
+        submission = jobscript.build(args, self.executor, self.script_env)
+        if self.cluster is None:
+            raise ClusterUnavailable(self.status.last_error or "the cluster has not answered yet")
+        req = submission.request
+        lock = self._lock(req.name)
+        try:
+            async with lock:
+                try:
+                    job = self.book.new(req.name, req.number, interactive=req.interactive, fscript=submission.fscript)
+                except DuplicateJob as dup:
+                    log.info("submit of %s repeated: answering with job %s", req.name, dup.job.jobid)
+                    return [dup.job.jobid, dup.job.fscript]
+                jobid = await self._sbatch(job, submission)
+                self.execute(self.book.submitted(job, jobid, held=req.held, now=trio.current_time()))
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._name_locks.pop(req.name, None)
+        log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
+                 ", held" if req.held else "")
+        self.wake()
+        return [jobid, submission.fscript]
+
+    async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
+        try:
+            return await self.slurm.submit(submission)
+        except CommandFailed as exc:
+            self.book.submit_failed(job, exc.stderr)
+            raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None
+        except ClusterUnavailable:
+            # The link may have dropped after sbatch took effect: never submit twice.
+            try:
+                found = await self.slurm.find_by_name(job.name)
+            except DownstreamError:
+                found = []
+            if found:
+                log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid)
+                return found[-1].jobid
+            self.book.submit_failed(job, "cluster unavailable")
+            raise
+        except BaseException:
+            self.book.submit_failed(job, "interrupted")
+            raise
+
+    async def exitstatus(self, args: Mapping[str, object]) -> list:
+        name, _, jobid = job_identity(args)
+        cached = self._answers.get(jobid)
+        if cached is not None:
+            return cached.value
+        async with self._lock(f"exit:{jobid}"):
+            cached = self._answers.get(jobid)
+            if cached is not None:
+                return cached.value
+            job = self.book.get(jobid)
+            if job is not None and job.name == name:
+                if not job.final:
+                    raise Conflict(f"job {jobid} is still {job.state.value} in Slurm; it has no exit status yet")
+                rc, elapsed, state = job.exit_code, job.elapsed, job.termination
+            else:
+                rc, elapsed, state = await self._outcome_from_cluster(jobid)
+            tail = await self.slurm.tail(jobid) or ""
+            answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
+            self._answers[jobid] = _Answer(answer, trio.current_time() + ANSWER_RETENTION)
+            if job is not None and job.name == name:
+                self.book.forget(job)
+        self._name_locks.pop(f"exit:{jobid}", None)
+        await self._cleanup(jobid)
+        return answer
+
+    async def _outcome_from_cluster(self, jobid: str) -> tuple[int, int, str]:
+        """A job this daemon does not track (purged, or from before a restart)."""
+        facts = await self.slurm.inspect(jobid)
+        if facts.squeue is not None:
+            job = facts.squeue
+            if phase_of(job.code, job.reason) is not Phase.FINISHED:
+                raise Conflict(f"job {jobid} is still {long_name(job.code)} in Slurm; it has no exit status yet")
+            return exit_code_of(job.code), job.elapsed, long_name(job.code)
+        if facts.accounting is not None:
+            acct = facts.accounting
+            return exit_code_of(acct.code), acct.elapsed, long_name(acct.code)
+        if facts.rc_file is not None:
+            code = "CD" if facts.rc_file == 0 else "F"
+            return exit_code_of(code), 0, long_name(code)
+        return -9, 0, "UNKNOWN"
+
+    async def _cleanup(self, jobid: str) -> None:
+        try:
+            await self.slurm.cleanup(jobid)
+        except DownstreamError as exc:  # the answer stands; files are collected by /gc later
+            log.warning("could not remove files of job %s: %s", jobid, exc)
+
+    async def terminate(self, args: Mapping[str, object]) -> bool:
+        name, _, jobid = job_identity(args)
+        job = self.book.get(jobid)
+        if job is not None and job.final:
+            return True
+        try:
+            await self.slurm.cancel(jobid, name)
+        except CommandFailed as exc:  # already gone, or not ours: best effort, as the contract says
+            log.info("scancel of job %s: %s", jobid, exc.stderr)
+        log.info("job %s (%s): termination requested", jobid, name)
+        self.wake()
+        return True
+
+    async def release(self, args: Mapping[str, object]) -> bool:
+        _, _, jobid = job_identity(args)
+        try:
+            await self.slurm.release(jobid)
+        except CommandFailed as exc:
+            raise Conflict(f"job {jobid} could not be released: {exc.stderr}") from None
+        self.wake()
+        return True
+
+    async def events(self, args: Mapping[str, object]) -> str:
+        _, _, jobid = job_identity(args)
+        return await self.slurm.show_job(jobid)
+
+    async def tail(self, jobid: str, lines: int) -> str:
+        text = await self.slurm.tail(jobid, lines)
+        if not text:
+            raise NotFound(f"job {jobid} has no output")
+        return text
+
+    async def pvcls(self, path: str, details: bool) -> str:
+        return await self.slurm.list_dir(path, details)
+
+    async def gc(self) -> bool:
+        try:
+            await self.slurm.runner.run("true", timeout=10)
+        except DownstreamError:
+            return False
+        return True
+
+
+def job_identity(args: Mapping[str, object]) -> tuple[str, int, str]:
+    """``name``, ``number``, ``jobid`` of a job-scoped request, validated."""
+    name = jobscript.check_name(args.get("name"))
+    number = jobscript.check_int(args, "number", 0, 10**15)
+    jobid = jobscript.check_jobid(args.get("jobid"))
+    return name, number, jobid

@@ -1,0 +1,128 @@
+"""The book of tracked jobs: lookups, the poll's effect on every job, upstream's lists.
+
+Upstream's ``/queued`` and ``/running`` are answered from here, never by asking
+Slurm, so their cost does not depend on the cluster. The lists are cached and
+rebuilt only after something changed (``version``), which keeps a 10,000-job
+book's answer at a dictionary lookup between polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Outcome
+
+_QUEUED = frozenset({JobState.SUBMITTED, JobState.HELD})
+_RUNNING = frozenset({JobState.RUNNING, JobState.PROXYING})
+
+
+class DuplicateJob(Exception):
+    """A job of this name is already tracked."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.name)
+        self.job = job
+
+
+class JobBook:
+    def __init__(self) -> None:
+        self.machine = JobMachine()
+        self._by_id: dict[str, Job] = {}
+        self._by_name: dict[str, Job] = {}
+        self.version = 0
+        self._lists: tuple[int, list[list[str]], list[list[str]]] = (-1, [], [])
+
+    # ------------------------------------------------------------ lookups
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(list(self._by_name.values()))
+
+    def get(self, jobid: str) -> Job | None:
+        return self._by_id.get(jobid)
+
+    def named(self, name: str) -> Job | None:
+        return self._by_name.get(name)
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobState}
+        for job in self._by_name.values():
+            counts[JobState(job.state).value] += 1
+        return counts
+
+    # ------------------------------------------------------------ changes
+    def _changed(self, effects: list[Effect]) -> list[Effect]:
+        self.version += 1
+        return effects
+
+    def new(self, name: str, number: int, *, interactive: bool = False, fscript: str = "") -> Job:
+        existing = self._by_name.get(name)
+        if existing is not None:
+            raise DuplicateJob(existing)
+        job = Job(name=name, number=number, interactive=interactive, fscript=fscript)
+        self.machine.add(job)
+        self._by_name[name] = job
+        self.version += 1
+        return job
+
+    def submitted(self, job: Job, jobid: str, *, held: bool, now: float) -> list[Effect]:
+        self._by_id[jobid] = job
+        return self._changed(self.machine.submitted(job, jobid, held, now))
+
+    def submit_failed(self, job: Job, why: str) -> None:
+        """Nothing reached Slurm: the job is forgotten, so a retry may submit it anew."""
+        self.machine.submit_failed(job, why)
+        self.forget(job)
+
+    def forget(self, job: Job) -> None:
+        self._by_name.pop(job.name, None)
+        if job.jobid:
+            self._by_id.pop(job.jobid, None)
+        self.machine.remove(job)
+        self.version += 1
+
+    def apply_poll(self, seen: Mapping[str, Observation], started_at: float, now: float) -> list[Effect]:
+        """One successful squeue: update every active job; flag the ones Slurm forgot.
+
+        A job submitted after the squeue began may be missing from its answer
+        without being gone, so only older jobs can be declared absent.
+        """
+        effects: list[Effect] = []
+        before = self.version
+        for job in self._by_id.values():
+            if job.final:
+                continue
+            obs = seen.get(job.jobid)
+            if obs is not None:
+                old = job.state
+                effects += self.machine.observe(job, obs, now)
+                if job.state != old:
+                    self.version += 1
+            elif job.submitted_at < started_at:
+                effects += self.machine.absent(job)
+        if self.version == before and effects:
+            self.version += 1
+        return effects
+
+    def resolved(self, job: Job, outcome: Outcome) -> list[Effect]:
+        return self._changed(self.machine.resolved(job, outcome))
+
+    # ------------------------------------------------------------ upstream's lists
+    def _rebuild(self) -> tuple[int, list[list[str]], list[list[str]]]:
+        if self._lists[0] != self.version:
+            queued, running = [], []
+            for job in self._by_id.values():
+                state = JobState(job.state)
+                if state in _QUEUED:
+                    queued.append([job.name, job.jobid])
+                elif state in _RUNNING:
+                    running.append([job.name, job.jobid])
+            self._lists = (self.version, queued, running)
+        return self._lists
+
+    def queued(self) -> list[list[str]]:
+        return self._rebuild()[1]
+
+    def running(self) -> list[list[str]]:
+        return self._rebuild()[2]
