@@ -260,3 +260,5 @@ def configure_logging(level: int) -> None:
     # asyncssh logs every channel at INFO; keep it quiet unless debugging
     logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
     logging.getLogger("hypercorn.access").setLevel(max(level, logging.WARNING))
+    logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
