@@ -47,7 +47,7 @@ _RANK = {
     JobState.SUBMITTED: 1,
     JobState.HELD: 1,
     JobState.RUNNING: 2,
-    JobState.PROXYING: 3,
+    JobState.PROXYING: 2,  # running, with its proxy serving: the proxy may drop and come back
     JobState.COMPLETED: 4,
     JobState.FAILED: 4,
     JobState.CANCELLED: 4,
