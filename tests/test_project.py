@@ -1,0 +1,39 @@
+"""The project keeps its own promises: the README's diagram is the machine's, and the
+layers depend one way only (daemon -> statemachines, adapters; never back)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from statemachines.diagram import mermaid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_diagram_is_generated_from_the_machine() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert block == mermaid(), "README diagram is stale: paste `python -m statemachines.diagram`"
+
+
+def _imports(package: str) -> set[tuple[str, str]]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(str(path.relative_to(ROOT)), a.name.split(".")[0]) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add((str(path.relative_to(ROOT)), node.module.split(".")[0]))
+    return found
+
+
+def test_layers_depend_one_way() -> None:
+    forbidden = {
+        "statemachines": {"adapters", "daemon", "trio", "asyncssh", "httpx", "quart", "quart_trio", "hypercorn"},
+        "adapters": {"daemon"},
+        "config": {"daemon", "adapters", "statemachines"},
+    }
+    for package, banned in forbidden.items():
+        bad = {(f, m) for f, m in _imports(package) if m in banned}
+        assert not bad, f"{package} imports {sorted(bad)}"
