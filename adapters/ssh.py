@@ -10,6 +10,8 @@ link, so upstream gets a quick 503 and the login node is not hammered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -222,9 +224,18 @@ class SSHClient:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise _Stale("connection closed while idle")
-        async with await conn.create_process(command, encoding="utf-8", errors="replace") as proc:
+        proc = await conn.create_process(command, encoding="utf-8", errors="replace")
+        try:
             out, err = await proc.communicate(stdin)
             return proc.exit_status, out or "", err or ""
+        except asyncio.CancelledError:
+            # Closing alone leaves the command running (sshd keeps the channel until
+            # it exits); OpenSSH >= 7.9 delivers a signal request to it.
+            with contextlib.suppress(asyncssh.Error, OSError):
+                proc.send_signal("KILL")
+            raise
+        finally:
+            proc.close()
 
     async def _aio_close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,79 @@
+"""The SSH adapter against the test cluster's real OpenSSH server."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import replace
+
+import asyncssh
+import pytest
+import trio
+
+from adapters.errors import ClusterUnavailable, HostKeyRejected
+from adapters.ssh import SSHClient
+from daemon.server import ssh_target
+from tests.integration.conftest import settings
+
+
+def target(**changes: object):
+    return replace(ssh_target(settings()), **changes)
+
+
+async def test_one_connection_carries_many_concurrent_commands() -> None:
+    results = []
+    async with SSHClient(target(), max_sessions=8) as ssh:
+
+        async def one(i: int) -> None:
+            results.append(await ssh.run(f"echo {i}; echo err{i} >&2; exit {i % 3}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(one, i)
+        assert ssh.connects == 1
+    assert len(results) == 60
+    assert sorted(int(r.stdout) for r in results) == list(range(60))
+    assert all(r.exit_status == int(r.stdout) % 3 and r.stderr == f"err{r.stdout.strip()}\n" for r in results)
+
+
+async def test_stdin_reaches_the_remote_command_intact() -> None:
+    payload = "".join(f"line {i} with 'quotes' and $dollars and `ticks`\n" for i in range(5000))
+    async with SSHClient(target()) as ssh:
+        result = await ssh.run("cat", stdin=payload)
+    assert result.stdout == payload
+
+
+async def test_unknown_host_key_is_refused_with_a_clear_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
+    known_hosts = f"[127.0.0.1]:{settings().cluster_port} {other[0]} {other[1]}\n"
+    with caplog.at_level(logging.ERROR):
+        async with SSHClient(target(known_hosts=known_hosts)) as ssh:
+            with pytest.raises(HostKeyRejected):
+                await ssh.run("touch /tmp/should-not-exist")
+    assert any("host key" in r.message and "JARVICE_SLURM_SSH_KNOWN_HOSTS" in r.message for r in caplog.records)
+
+
+async def test_insecure_flag_skips_the_host_key_check() -> None:
+    async with SSHClient(target(known_hosts=None, insecure_host_key=True)) as ssh:
+        assert (await ssh.run("whoami")).stdout.strip() == "jarvice"
+
+
+async def test_unreachable_cluster_fails_fast_and_backs_off() -> None:
+    async with SSHClient(target(port=1), backoff_base=5.0, jitter=lambda: 0.0) as ssh:
+        with pytest.raises(ClusterUnavailable):
+            await ssh.run("true")
+        with trio.fail_after(0.5):  # within the backoff: no new connection attempt, an immediate answer
+            with pytest.raises(ClusterUnavailable, match="next attempt in"):
+                await ssh.run("true")
+
+
+async def test_a_cancelled_command_returns_at_once_and_the_link_stays_usable() -> None:
+    async with SSHClient(target()) as ssh:
+        with trio.move_on_after(0.5) as scope:
+            await ssh.run("sleep 31.7")
+        assert scope.cancelled_caught
+        await trio.sleep(0.3)
+        assert subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True).returncode == 1, "remote command survived"
+        assert (await ssh.run("echo still-here")).stdout == "still-here\n"
+        with pytest.raises(ClusterUnavailable, match="timed out"):
+            await ssh.run("sleep 30", timeout=0.5)
