@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from adapters.errors import InvalidRequest
 
 PLACEHOLDER = "DOWNSTREAM_PARAMETERS"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-JOBID_RE = re.compile(r"^[0-9]{1,12}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+JOBID_RE = re.compile(r"^[0-9]{1,12}\Z")
 _WALLTIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _PARTITION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64})*$")
 _LICENSES_RE = re.compile(r"^[A-Za-z0-9_.@-]+(:\d+)?(,[A-Za-z0-9_.@-]+(:\d+)?)*$")
@@ -190,7 +190,8 @@ def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, s
             option = key[len("sbatch_"):]
             if not _OPTION_RE.match(option):
                 raise InvalidRequest(f"invalid sbatch option name: {option[:40]!r}")
-            if option in _RESERVED_OPTIONS:
+            # sbatch takes any unambiguous prefix of a long option: --job-na=x renames the job
+            if any(reserved.startswith(option) for reserved in _RESERVED_OPTIONS):
                 raise InvalidRequest(f"sbatch option --{option} is set by the downstream and cannot be overridden")
             if "\n" in value or "\0" in value:
                 raise InvalidRequest(f"sbatch option --{option} has a control character in its value")
@@ -219,14 +220,14 @@ def decode_script(hpc_script: object, executor: str) -> str:
     return text
 
 
-def parse_request(args: Mapping[str, object], script: str) -> JobRequest:
+def parse_request(args: Mapping[str, object], values: Mapping[str, str]) -> JobRequest:
+    """``values``: the script's ``KEY=value`` lines, read with literal braces undoubled."""
     name = check_name(args.get("name"))
     number = check_int(args, "number", 0, 10**15)
     nodes = check_int(args, "nodes", 1, 100_000)
     held = args.get("held", False)
     if not isinstance(held, bool):
         raise InvalidRequest("'held' must be true or false")
-    values = job_values(script)
     appdef = _int_value(values, "JOBOBJ_APPDEFVERSION", None, 0, 1000)
     if appdef < 2:
         raise InvalidRequest("Appdef V2+ is required for this downstream")
@@ -446,8 +447,8 @@ def strip_secrets(script: str) -> str:
 def build(args: Mapping[str, object], executor: str, env: ScriptEnvironment) -> Submission:
     """Validate ``/submit`` args and render the job; raises InvalidRequest naming the problem."""
     script = decode_script(args.get("hpc_script"), executor)
-    req = parse_request(args, script)
-    values = job_values(script)
+    values = job_values(fill_placeholder(script, ""))  # as the job will see them: {{ }} undoubled
+    req = parse_request(args, values)
     filled = fill_placeholder(script, export_block(req, values, env))
     batch = wrap(filled, req, env)
     return Submission(request=req, sbatch_args=sbatch_args(req, env), batch_script=batch, fscript=strip_secrets(batch))

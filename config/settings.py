@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import os
 import re
@@ -31,8 +32,8 @@ class ConfigError(ValueError):
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50}
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
 _SERVER_KEY_RE = re.compile(r"^[^:\s]+:\S+$")
 
 
@@ -82,6 +83,14 @@ class Settings:
     @property
     def server_user(self) -> str | None:
         return self.server_key.split(":", 1)[0] if self.server_key else None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -205,7 +214,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError on the first bad one."""
     env = os.environ if env is None else env
     addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
-    if not _HOST_RE.match(addr):
+    if not (_HOST_RE.match(addr) or _is_ip(addr)):
         raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 PROBES = frozenset({"/live", "/ready"})
 MAX_BODY = 16 * 1024 * 1024
-_PATH_RE = re.compile(r"^/[^\0\n\r]*$")
+_PATH_RE = re.compile(r"^/[^\0\n\r]*\Z")
 
 try:
     VERSION = version("slurm-downstream")
