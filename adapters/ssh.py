@@ -166,7 +166,8 @@ class SSHClient:
                     self.target.address, exc.reason, self.target.port, self.target.host,
                 )
                 raise HostKeyRejected(f"SSH host key of {self.target.address} refused: {exc.reason}") from None
-            except (OSError, asyncssh.Error, trio.TooSlowError) as exc:
+            except (OSError, asyncssh.Error, trio.TooSlowError, ValueError) as exc:
+                # ValueError: asyncssh could not set up the client (e.g. no local user name)
                 self._failed(exc)
                 log.warning("SSH connection to %s failed: %s (retry in %.1fs)",
                             self.target.address, _describe(exc), self._retry_at - trio.current_time())

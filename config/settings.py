@@ -205,8 +205,11 @@ def _known_hosts(env: Mapping[str, str]) -> str | None:
         return str(default) if default.is_file() else None
     if "\n" in raw or " " in raw:
         return raw + "\n"  # inline known_hosts lines
-    if not Path(raw).is_file():
-        raise ConfigError(name, f"file {raw} does not exist")
+    try:
+        with open(raw, encoding="utf-8") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read {raw}: {exc.strerror}") from None
     return raw
 
 

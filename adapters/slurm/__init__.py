@@ -1,0 +1,1 @@
+"""Slurm: the commands the daemon runs, and parsers for what they print."""
