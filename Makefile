@@ -6,6 +6,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 CLUSTER_STATE ?= $(or $(SLURM_DOWNSTREAM_TESTCLUSTER),/tmp/slurm-downstream-testcluster)
 export SLURM_DOWNSTREAM_TESTCLUSTER := $(CLUSTER_STATE)
+# Slurm forgets finished jobs after MinJobAge (default 300 s); the test cluster
+# keeps them 10 s so that tests see purged jobs in reasonable time.
+export MIN_JOB_AGE ?= 10
 
 .PHONY: all venv cluster cluster-down test unit lint demo demo-stop clean
 

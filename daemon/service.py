@@ -174,7 +174,10 @@ class Downstream:
             nodes=acct.nodes if acct else (),
             rc_file=facts.rc_file,
         )
-        self.execute(self.book.resolved(job, outcome))
+        effects = self.book.resolved(job, outcome)
+        source = "accounting" if acct else "its exit-code file" if facts.rc_file is not None else "nothing"
+        log.info("job %s left squeue unseen; resolved from %s: %s", jobid, source, job.termination or "still active")
+        self.execute(effects)
 
     def _expire_answers(self, now: float) -> None:
         for jobid in [j for j, a in self._answers.items() if a.expires < now]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.integration.conftest import STATE, Daemon, settings, slurm, start_daemon, unique_name
@@ -142,6 +144,23 @@ async def test_job_purged_from_slurm_is_still_answered() -> None:
             assert "purged-output" in log
             assert "COMPLETED" in termination
         second.cancel_scope.cancel()
+
+
+async def test_a_job_that_ends_and_is_purged_between_two_polls_is_resolved(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The poller never saw the end: the job's exit-code file and jobcomp tell it."""
+    name = unique_name("between")
+    caplog.set_level(logging.INFO, logger="daemon.service")
+    async for d in start_daemon(nursery, settings(JARVICE_SLURM_POLL_INTERVAL="45")):
+        jobid, _ = await d.upstream.call("/submit", submit_args(name, 24, "echo between-polls; sleep 2; exit 0"))
+        with trio.fail_after(120):
+            while slurm("squeue", "-h", "-t", "all", "-j", jobid).returncode == 0:
+                await trio.sleep(1)
+        await d.wait_phase(name, "finished", timeout=60)
+        rc, _, (log, termination) = await d.upstream.call("/exitstatus", ids(name, 24, jobid))
+        assert rc == 0 and "between-polls" in log and "COMPLETED" in termination
+        assert any(f"job {jobid} left squeue unseen" in r.message for r in caplog.records)
 
 
 async def test_shell_metacharacters_in_a_name_are_refused_and_nothing_runs(daemon: Daemon, tmp_path: Path) -> None:
