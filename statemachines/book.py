@@ -89,7 +89,6 @@ class JobBook:
         without being gone, so only older jobs can be declared absent.
         """
         effects: list[Effect] = []
-        before = self.version
         for job in self._by_id.values():
             if job.final:
                 continue
@@ -101,8 +100,6 @@ class JobBook:
                     self.version += 1
             elif job.submitted_at < started_at:
                 effects += self.machine.absent(job)
-        if self.version == before and effects:
-            self.version += 1
         return effects
 
     def resolved(self, job: Job, outcome: Outcome) -> list[Effect]:
