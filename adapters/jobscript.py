@@ -116,17 +116,21 @@ def check_jobid(value: object) -> str:
     return text
 
 
-def check_int(args: Mapping[str, object], key: str, lo: int, hi: int) -> int:
-    value = args.get(key)
+def _bounded(value: object, label: str, lo: int, hi: int) -> int:
+    """An integer (or a string of one) within bounds; the error names ``label``."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(f"'{key}' must be an integer")
+        raise InvalidRequest(f"{label} must be an integer")
     try:
         number = int(value)
     except ValueError:
-        raise InvalidRequest(f"'{key}' must be an integer, got {str(value)[:40]!r}") from None
+        raise InvalidRequest(f"{label} must be an integer, got {str(value)[:40]!r}") from None
     if not lo <= number <= hi:
-        raise InvalidRequest(f"'{key}' must be between {lo} and {hi}")
+        raise InvalidRequest(f"{label} must be between {lo} and {hi}, got {str(number)[:40]}")
     return number
+
+
+def check_int(args: Mapping[str, object], key: str, lo: int, hi: int) -> int:
+    return _bounded(args.get(key), f"'{key}'", lo, hi)
 
 
 def job_values(script: str) -> dict[str, str]:
@@ -144,17 +148,11 @@ def job_values(script: str) -> dict[str, str]:
 
 def _int_value(values: Mapping[str, str], key: str, default: int | None, lo: int, hi: int) -> int:
     raw = values.get(key, "")
-    if raw == "":
-        if default is None:
-            raise InvalidRequest(f"the script has no {key} line")
-        return default
-    try:
-        number = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{key} must be an integer, got {raw[:40]!r}") from None
-    if not lo <= number <= hi:
-        raise InvalidRequest(f"{key} must be between {lo} and {hi}, got {number}")
-    return number
+    if raw != "":
+        return _bounded(raw, key, lo, hi)
+    if default is None:
+        raise InvalidRequest(f"the script has no {key} line")
+    return default
 
 
 def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, str], ...]]:
