@@ -36,6 +36,7 @@ _RESERVED_OPTIONS = frozenset({
 _SECRET_LINE_RE = re.compile(
     r"^\s*(export\s+)?(JARVICE_(INIT_)?DOCKER_(USERNAME|PASSWORD)|SINGULARITY_DOCKER_(USERNAME|PASSWORD)"
     r"|JOBOBJ_CTRSECRET|JOBOBJ_DOCKER_SECRET)="
+    r"|^\s*export\s+SCHTTPS?_PROXY=\S*//[^/\s]*@"  # a proxy URL carrying user:password
 )
 
 
@@ -113,7 +114,7 @@ def check_jobid(value: object) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(text, str) or not JOBID_RE.match(text):
         raise InvalidRequest("'jobid' must be a Slurm job id (digits only)")
-    return text
+    return str(int(text))  # "042" is job 42, as Slurm prints it
 
 
 def _bounded(value: object, label: str, lo: int, hi: int) -> int:
@@ -161,7 +162,7 @@ def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, s
         return "", None, None, ()
     try:
         items = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest("JOBOBJ_DEVICES is not valid JSON") from None
     if isinstance(items, dict):
         items = [f"{k}={v}" for k, v in items.items()]
@@ -181,7 +182,7 @@ def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, s
                 raise InvalidRequest(f"exclusive must be True or False, got {value[:20]!r}")
             exclusive = value.lower() == "true"
         elif key == "overlay":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()) or len(value) > 9:
                 raise InvalidRequest(f"invalid overlay setting {value[:20]!r}: must be an integer >= 0")
             overlay = int(value)
         elif key.startswith("sbatch_"):
@@ -298,7 +299,7 @@ def _app_credentials(values: Mapping[str, str], registry: str) -> tuple[str, str
     """Registry user and password for the app image, from the job's secrets."""
     try:
         secret = json.loads(values.get("JOBOBJ_DOCKER_SECRET") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         secret = {}
     if isinstance(secret, dict) and secret.get("username") and secret.get("server", registry) == registry:
         return str(secret.get("username", "")), str(secret.get("password", ""))
@@ -309,7 +310,7 @@ def _app_credentials(values: Mapping[str, str], registry: str) -> tuple[str, str
             for auth in (config.get("auths") or {}).values():
                 user, _, password = base64.b64decode(auth["auth"]).decode().partition(":")
                 return user, password
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError):
             raise InvalidRequest("JOBOBJ_CTRSECRET is not base64 of a docker config JSON") from None
     return "", ""
 

@@ -21,7 +21,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from adapters.errors import ClusterUnavailable, InvalidRequest
+from adapters.errors import ClusterUnavailable, CommandFailed, InvalidRequest
 from adapters.jobscript import check_jobid, check_name
 from daemon.service import TAIL_DEFAULT, Conflict, Downstream, NotFound
 
@@ -70,8 +70,8 @@ async def read_args() -> dict:
         raw = body
     try:
         args = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("'args' is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("'args' is not valid JSON (or nested too deeply)") from None
     if not isinstance(args, dict):
         raise InvalidRequest("'args' must be a JSON object")
     return args
@@ -117,6 +117,10 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
     @app.errorhandler(NotFound)
     async def not_found(exc: NotFound) -> Response:
         return _error(404, str(exc))
+
+    @app.errorhandler(CommandFailed)
+    async def command_failed(exc: CommandFailed) -> Response:
+        return _error(502, f"the cluster answered with an error: {exc.stderr[:500] or exc}")
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -203,7 +207,7 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
         name, number, jobid, method = parts
         check_name(name)
         check_jobid(jobid)
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise InvalidRequest("'number' must be an integer")
         ids = {"name": name, "number": number, "jobid": jobid}
         if method in {"shutdown", "abort"}:
@@ -213,7 +217,7 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
             return _json({"about": "", "help": "", "url": "", "actions": {}})
         if method == "tail":
             raw = _first(qs, "lines", str(TAIL_DEFAULT))
-            lines = int(raw) if raw.isdigit() and 0 < int(raw) <= 100_000 else TAIL_DEFAULT
+            lines = int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) <= 100_000 else TAIL_DEFAULT
             return Response(await downstream.tail(jobid, lines), mimetype="text/plain")
         if method == "screenshot":
             raise NotFound("screenshots are not supported")

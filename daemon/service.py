@@ -229,7 +229,10 @@ class Downstream:
 
     async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
         try:
-            return await self.slurm.submit(submission)
+            # Shielded: a client that hangs up mid-sbatch must not leave a job in
+            # Slurm that the book forgot. The SSH command timeout still bounds it.
+            with trio.CancelScope(shield=True):
+                return await self.slurm.submit(submission)
         except CommandFailed as exc:
             self.book.submit_failed(job, exc.stderr)
             raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None
@@ -250,40 +253,47 @@ class Downstream:
 
     async def exitstatus(self, args: Mapping[str, object]) -> list:
         name, _, jobid = job_identity(args)
-        cached = self._answers.get(jobid)
+        key = f"{name}/{jobid}"
+        cached = self._answers.get(key)
         if cached is not None:
             return cached.value
-        async with self._lock(f"exit:{jobid}"):
-            cached = self._answers.get(jobid)
-            if cached is not None:
-                return cached.value
-            job = self.book.get(jobid)
-            if job is not None and job.name == name:
-                if not job.final:
-                    raise Conflict(f"job {jobid} is still {job.state.value} in Slurm; it has no exit status yet")
-                rc, elapsed, state = job.exit_code, job.elapsed, job.termination
-            else:
-                rc, elapsed, state = await self._outcome_from_cluster(jobid)
-            tail = await self.slurm.tail(jobid) or ""
-            answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
-            self._answers[jobid] = _Answer(answer, trio.current_time() + ANSWER_RETENTION)
-            if job is not None and job.name == name:
-                self.book.forget(job)
-        self._name_locks.pop(f"exit:{jobid}", None)
+        lock = self._lock(f"exit:{jobid}")
+        try:
+            async with lock:
+                cached = self._answers.get(key)
+                if cached is not None:
+                    return cached.value
+                job = self.book.get(jobid)
+                if job is not None and job.name != name:
+                    raise NotFound(f"job {jobid} is not named {name}")
+                if job is not None:
+                    if not job.final:
+                        raise Conflict(f"job {jobid} is still {job.state.value} in Slurm; it has no exit status yet")
+                    rc, elapsed, state = job.exit_code, job.elapsed, job.termination
+                else:
+                    rc, elapsed, state = await self._outcome_from_cluster(name, jobid)
+                tail = await self.slurm.tail(jobid) or ""
+                answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
+                self._answers[key] = _Answer(answer, trio.current_time() + ANSWER_RETENTION)
+                if job is not None:
+                    self.book.forget(job)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._name_locks.pop(f"exit:{jobid}", None)
         await self._cleanup(jobid)
         return answer
 
-    async def _outcome_from_cluster(self, jobid: str) -> tuple[int, int, str]:
+    async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
         """A job this daemon does not track (purged, or from before a restart)."""
         facts = await self.slurm.inspect(jobid)
-        if facts.squeue is not None:
-            job = facts.squeue
-            if phase_of(job.code, job.reason) is not Phase.FINISHED:
-                raise Conflict(f"job {jobid} is still {long_name(job.code)} in Slurm; it has no exit status yet")
-            return exit_code_of(job.code), job.elapsed, long_name(job.code)
-        if facts.accounting is not None:
-            acct = facts.accounting
-            return exit_code_of(acct.code), acct.elapsed, long_name(acct.code)
+        for record in (facts.squeue, facts.accounting):
+            if record is None:
+                continue
+            if record.name != name:
+                raise NotFound(f"job {jobid} is not named {name}")
+            if phase_of(record.code, getattr(record, "reason", "")) is not Phase.FINISHED:
+                raise Conflict(f"job {jobid} is still {long_name(record.code)} in Slurm; it has no exit status yet")
+            return exit_code_of(record.code), record.elapsed, long_name(record.code)
         if facts.rc_file is not None:
             code = "CD" if facts.rc_file == 0 else "F"
             return exit_code_of(code), 0, long_name(code)

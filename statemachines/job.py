@@ -179,8 +179,11 @@ def build_machine() -> Machine:
     return machine
 
 
-def target_for(observation: Observation) -> JobState:
+def target_for(observation: Observation) -> JobState | None:
+    """The state an observation points to; None when the code says nothing certain."""
     phase = phase_of(observation.code, observation.reason)
+    if phase is Phase.UNKNOWN:
+        return None
     if phase is Phase.PENDING:
         return JobState.SUBMITTED
     if phase is Phase.HELD:
@@ -251,6 +254,9 @@ class JobMachine:
         if obs.nodes:
             job.nodes = obs.nodes
         job.elapsed = max(job.elapsed, obs.elapsed)
+        if target is None:
+            log.warning("job %s: unknown Slurm state %r; kept %s", job.jobid, obs.code, current.value)
+            return []
         if target.final:
             job.exit_code = exit_code_of(obs.code)
             job.termination = long_name(obs.code)
@@ -281,7 +287,7 @@ class JobMachine:
         if outcome.nodes:
             job.nodes = outcome.nodes
         if code and phase_of(code) is not Phase.FINISHED:
-            return []  # accounting still says it runs; the next poll decides
+            return []  # accounting says it is not over (or says nothing known); the next poll decides
         job.code = code
         job.exit_code = exit_code_of(code)
         job.termination = long_name(code) if code else "UNKNOWN"

@@ -16,6 +16,7 @@ class Phase(StrEnum):
     HELD = "held"
     RUNNING = "running"
     FINISHED = "finished"
+    UNKNOWN = "unknown"  # a code this table does not know: no conclusion is drawn from it
 
 
 # Compact code (squeue %t) -> long name (squeue %T / sacct State).
@@ -52,6 +53,10 @@ CODES: dict[str, str] = {long: code for code, long in LONG_NAMES.items()}
 RUNNING_CODES = frozenset({"R", "RH", "RS", "SI", "ST", "S", "CG", "SO"})
 PENDING_CODES = frozenset({"CF", "PD", "RD", "RF", "RQ"})
 
+FINISHED_CODES = frozenset({"BF", "CA", "CD", "DL", "F", "NF", "OOM", "PR", "RV", "TO"})
+# SPECIAL_EXIT: requeued and held by the site's epilog; it can be released.
+HELD_CODES = frozenset({"SE"})
+
 # Pending reasons that mean "waits for a human", not "waits for resources".
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 
@@ -82,7 +87,11 @@ def phase_of(code: str, reason: str = "") -> Phase:
         return Phase.RUNNING
     if code in PENDING_CODES:
         return Phase.HELD if reason in HELD_REASONS else Phase.PENDING
-    return Phase.FINISHED
+    if code in HELD_CODES:
+        return Phase.HELD
+    if code in FINISHED_CODES:
+        return Phase.FINISHED
+    return Phase.UNKNOWN
 
 
 def exit_code_of(code: str) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from adapters.errors import CommandFailed
+from adapters.errors import ClusterUnavailable, CommandFailed
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
@@ -133,20 +133,25 @@ class SlurmClient:
         """squeue, the job's exit-code file and accounting, in one round trip."""
         _check_jobid(jobid)
         command = (
-            f"{self._squeue(f' -j {jobid}')} 2>/dev/null; echo {_MARK}; "
+            f"{self._squeue(f' -j {jobid}')} 2>&1; echo {_MARK} $?; "
             f"cat {self._file(jobid, 'rc')} 2>/dev/null; echo {_MARK}; "
             f"{self._sacct(jobid)} 2>/dev/null; true"
         )
         result = await self._run(command)
-        parts = result.stdout.split(_MARK + "\n")
+        parts = result.stdout.split(_MARK)
         if len(parts) != 3:
             raise CommandFailed("inspect", result.exit_status, f"unexpected output: {result.stdout[:200]!r}")
-        queue, rc_text, acct = parts
+        queue, rc_part, acct = parts
+        squeue_rc, _, rc_text = rc_part.strip(" ").partition("\n")
+        if squeue_rc.strip() != "0":
+            if "Invalid job id" not in queue:  # squeue could not ask slurmctld: nothing is known
+                raise ClusterUnavailable(f"squeue failed: {queue.strip()[:300]}")
+            queue = ""
         return JobFacts(
             jobid=jobid,
             squeue=parsers.parse_squeue(queue).get(jobid),
             rc_file=parsers.parse_rc(rc_text),
-            accounting=parsers.parse_sacct(acct).get(jobid),
+            accounting=parsers.parse_sacct(acct.lstrip("\n")).get(jobid),
         )
 
     async def cancel(self, jobid: str, name: str) -> None:

@@ -155,9 +155,10 @@ def parse_sacct(output: str) -> dict[str, AccountingRecord]:
 
 
 def parse_sbatch(output: str) -> str:
-    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
-    first = output.strip().splitlines()[0] if output.strip() else ""
-    jobid = first.split(";", 1)[0].strip()
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster`` on its last line."""
+    # the last line: a login banner or a warning may come first
+    last = output.strip().splitlines()[-1] if output.strip() else ""
+    jobid = last.split(";", 1)[0].strip()
     if not jobid.isdigit():
         raise ParseError(f"sbatch printed no job id: {output.strip()[:200]!r}")
     return jobid

@@ -333,11 +333,23 @@ async def test_poll_runs_the_captured_command_and_parses_it(squeue_all: str) -> 
 
 
 async def test_inspect_combines_squeue_rc_file_and_sacct() -> None:
-    mark = "@@slurm-downstream@@\n"
-    stdout = fixture("squeue_invalid_job.stdout.txt") + mark + "3\n" + mark + fixture("sacct_jobcomp_daemon_format_one_job.txt")
+    mark = "@@slurm-downstream@@"
+    stdout = (fixture("squeue_invalid_job.txt") + f"{mark} 1\n" + "3\n" + f"{mark}\n"
+              + fixture("sacct_jobcomp_daemon_format_one_job.txt"))
     runner = _Runner(stdout)
     facts = await SlurmClient(runner, user="jarvice", scratch_dir="/s", accounting="jobcomp").inspect("3")
     assert facts.squeue is None
     assert facts.rc_file == 3
     assert facts.accounting is not None and facts.accounting.code == "F"
     assert "sacct -c -n -P -X --delimiter=" in runner.commands[0]
+
+
+async def test_inspect_refuses_to_conclude_when_squeue_cannot_reach_slurmctld() -> None:
+    """A failed squeue is not a purged job: the caller must keep the job's last state."""
+    from adapters.errors import ClusterUnavailable
+
+    mark = "@@slurm-downstream@@"
+    stdout = (f"slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n{mark} 1\n"
+              f"{mark}\n")
+    with pytest.raises(ClusterUnavailable, match="Unable to contact"):
+        await SlurmClient(_Runner(stdout), user="jarvice", scratch_dir="/s", accounting="none").inspect("3")

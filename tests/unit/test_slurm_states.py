@@ -16,7 +16,7 @@ from statemachines.slurm_states import (
 
 CONTRACT_RUNNING = ["R", "RH", "RS", "SI", "ST", "S", "CG", "SO"]
 CONTRACT_QUEUED = ["CF", "PD", "RD", "RF"]
-FINISHED = ["CD", "F", "NF", "OOM", "CA", "DL", "PR", "TO", "BF", "RV", "SE"]
+FINISHED = ["CD", "F", "NF", "OOM", "CA", "DL", "PR", "TO", "BF", "RV"]
 
 
 @pytest.mark.parametrize("code", CONTRACT_RUNNING)
@@ -42,9 +42,19 @@ def test_requeued_job_goes_back_to_the_queue() -> None:
     assert phase_of("RQ") is Phase.PENDING
 
 
-@pytest.mark.parametrize("code", FINISHED + ["", "XX"])
-def test_terminal_and_unknown_codes_are_finished(code: str) -> None:
+@pytest.mark.parametrize("code", FINISHED)
+def test_terminal_codes_are_finished(code: str) -> None:
     assert phase_of(code) is Phase.FINISHED
+
+
+@pytest.mark.parametrize("code", ["", "XX", "NEW_STATE"])
+def test_unknown_codes_are_never_taken_for_finished(code: str) -> None:
+    """A code from a newer Slurm must not end a job that may still run."""
+    assert phase_of(code) is Phase.UNKNOWN
+
+
+def test_special_exit_is_held_not_finished() -> None:
+    assert phase_of("SE") is Phase.HELD
 
 
 @pytest.mark.parametrize(
