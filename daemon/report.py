@@ -6,7 +6,14 @@ key as its user name only.
 
 from __future__ import annotations
 
+import re
+
 from config.settings import Settings
+
+
+def redact(url: str) -> str:
+    """``http://user:secret@proxy:3128`` -> ``http://user:***@proxy:3128``."""
+    return re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", url)
 
 
 def init_report(settings: Settings, key_description: str) -> list[str]:
@@ -27,8 +34,8 @@ def init_report(settings: Settings, key_description: str) -> list[str]:
         f"|     max sessions: {s.ssh_max_sessions}, keepalive: {s.ssh_keepalive:g}s",
         "|-- Script environment:",
         f"|     scratch dir: {s.scratch_dir}",
-        f"|     http_proxy: {s.http_proxy}",
-        f"|     https_proxy: {s.https_proxy}",
+        f"|     http_proxy: {redact(s.http_proxy)}",
+        f"|     https_proxy: {redact(s.https_proxy)}",
         f"|     no_proxy: {s.no_proxy}",
         "|-- Singularity environment:",
         f"|     tmp work dir: {s.singularity_tmpdir}",

@@ -37,3 +37,10 @@ def test_layers_depend_one_way() -> None:
     for package, banned in forbidden.items():
         bad = {(f, m) for f, m in _imports(package) if m in banned}
         assert not bad, f"{package} imports {sorted(bad)}"
+
+
+def test_init_report_never_shows_proxy_passwords() -> None:
+    from daemon.report import redact
+
+    assert redact("http://bob:S3cret@proxy:3128/") == "http://bob:***@proxy:3128/"
+    assert redact("http://proxy:3128") == "http://proxy:3128"
