@@ -159,10 +159,6 @@ class Outcome:
     rc_file: int | None = None
 
 
-class IllegalTransition(Exception):
-    pass
-
-
 def build_machine() -> Machine:
     machine = Machine(
         model=None,
@@ -220,9 +216,10 @@ class JobMachine:
             getattr(job, trigger)()
         except (MachineError, AttributeError) as exc:
             self.rejected += 1
+            # Refused and reported, never applied; the caller (the poller) carries on.
             log.error("job %s (%s): illegal transition %r from %s refused: %s",
                       job.jobid or "-", job.name, trigger, JobState(job.state).value, exc)
-            raise IllegalTransition(str(exc)) from None
+            return []
         return self.drain(job)
 
     @staticmethod

@@ -121,3 +121,12 @@ def test_a_job_submitted_after_the_poll_began_is_not_declared_gone() -> None:
     book.submitted(job, "7", held=False, now=10.0)
     assert book.apply_poll({}, started_at=9.5, now=10.5) == []
     assert book.apply_poll({}, started_at=11.0, now=11.5) == [Resolve("7")]
+
+
+def test_an_illegal_trigger_is_refused_counted_and_changes_nothing() -> None:
+    book = JobBook()
+    job = book.new("j", 1)
+    book.submitted(job, "1", held=False, now=0)
+    book.apply_poll({"1": Observation(code="CD")}, started_at=1, now=1)
+    assert book.machine.fire(job, "start") == []
+    assert JobState(job.state) is JobState.COMPLETED and book.machine.rejected == 1
