@@ -201,8 +201,13 @@ class Downstream:
         return [list(job.nodes), hms(job.elapsed_at(trio.current_time())), f"{name}/{number}/{jobid}", None]
 
     # ------------------------------------------------------------ upstream: actions
-    def _lock(self, name: str) -> trio.Lock:
-        return self._name_locks.setdefault(name, trio.Lock())
+    def _lock(self, key: str) -> trio.Lock:
+        return self._name_locks.setdefault(key, trio.Lock())
+
+    def _unlock(self, key: str, lock: trio.Lock) -> None:
+        """Drop a per-key lock nobody holds or waits for, so the table does not grow."""
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._name_locks.pop(key, None)
 
     async def submit(self, args: Mapping[str, object]) -> list:
         submission = jobscript.build(args, self.executor, self.script_env)
@@ -220,8 +225,7 @@ class Downstream:
                 jobid = await self._sbatch(job, submission)
                 self.execute(self.book.submitted(job, jobid, held=req.held, now=trio.current_time()))
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._name_locks.pop(req.name, None)
+            self._unlock(req.name, lock)
         log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
                  ", held" if req.held else "")
         self.wake()
@@ -278,8 +282,7 @@ class Downstream:
                 if job is not None:
                     self.book.forget(job)
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._name_locks.pop(f"exit:{jobid}", None)
+            self._unlock(f"exit:{jobid}", lock)
         await self._cleanup(jobid)
         return answer
 

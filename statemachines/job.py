@@ -289,6 +289,3 @@ class JobMachine:
         job.exit_code = exit_code_of(code)
         job.termination = long_name(code) if code else "UNKNOWN"
         return self.fire(job, _TRIGGER_TO[final_state_for(code)])
-
-    def proxy_up(self, job: Job) -> list[Effect]:
-        return self.fire(job, "proxy_up")

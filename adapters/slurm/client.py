@@ -74,10 +74,8 @@ class SlurmClient:
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.jobs_dir = f"{self.scratch_dir}/.jarvice"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
-        self.commands = 0
 
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
-        self.commands += 1
         result = await self.runner.run(command, stdin=stdin)
         if check and not result.ok:
             raise CommandFailed(command, result.exit_status, result.stderr)
