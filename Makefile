@@ -10,7 +10,7 @@ export SLURM_DOWNSTREAM_TESTCLUSTER := $(CLUSTER_STATE)
 # keeps them 10 s so that tests see purged jobs in reasonable time.
 export MIN_JOB_AGE ?= 10
 
-.PHONY: all venv cluster cluster-down test unit lint demo demo-stop clean
+.PHONY: all venv cluster cluster-down test unit lint demo demo-stop bench clean
 
 all: test
 
@@ -41,6 +41,10 @@ test: $(STAMP) cluster
 
 demo: $(STAMP) cluster
 	tests/demo/up
+
+# Benchmarks against the real test cluster (a few minutes; not part of make test).
+bench: $(STAMP) cluster
+	$(VENV)/bin/python -m bench
 
 demo-stop:
 	-tests/demo/down

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,26 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """Where interactive jobs' proxies run and how users reach them."""
+
+    mode: str = "local"  # "local": a task of the daemon; "kubernetes": a pod, service and ingress per job
+    bind: str = "0.0.0.0"  # local mode: address the per-job listeners bind
+    public_host: str = "localhost"  # local mode: host name put in the URL users open
+    ports: tuple[int, int] = (0, 0)  # local mode: listener port range; (0, 0) lets the OS choose
+    namespace: str = "jarvice-system-jobs"
+    ingress_class: str = ""
+    ingress_annotations: tuple[tuple[str, str], ...] = ()
+    cert_issuer: str = ""
+    image: str = ""  # kubernetes mode: image of the proxy pods (this daemon's image)
+    ssh_secret: str = "jarvice-slurm-downstream-ssh"  # Secret holding the SSH key (key "pkey")
+    tolerations: str = "[]"  # JSON list of Kubernetes tolerations for proxy pods
+    kube_api: str = ""  # Kubernetes API URL; empty: in-cluster config, then KUBECONFIG
+    leader_election: bool = False  # with several replicas: only the Lease holder polls
+    identity: str = ""  # this replica's name in the Lease (the pod name)
+
+
+@dataclass(frozen=True)
 class Settings:
     cluster_addr: str
     cluster_port: int
@@ -79,6 +101,10 @@ class Settings:
     service_port: int
     ssh_port: int
     registry: Registry
+    port_count: int = 100  # interactive jobs: service/SSH ports base..base+count-1
+    journal: str = ":memory:"  # SQLite file keeping what Slurm cannot (collected answers)
+    log_format: str = "text"  # or "json" (one object per line)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     @property
     def server_user(self) -> str | None:
@@ -213,6 +239,77 @@ def _known_hosts(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _port_range(env: Mapping[str, str], name: str) -> tuple[int, int]:
+    raw = _get(env, name)
+    if not raw or raw == "0":
+        return (0, 0)
+    m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", raw)
+    if not m or not 1 <= int(m[1]) <= int(m[2]) <= 65535:
+        raise ConfigError(name, f"expected a port range like 30000-30999, or 0, got {raw!r}")
+    return (int(m[1]), int(m[2]))
+
+
+def _annotations(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object, or ``key=value`` pairs separated by commas (the Helm chart's two habits)."""
+    raw = _get(env, name)
+    if not raw:
+        return ()
+    if raw.startswith("{"):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise ConfigError(name, "is not valid JSON") from None
+        if not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(name, "values must be strings")
+        return tuple(sorted(value.items()))
+    pairs = []
+    for item in raw.split(","):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(name, f"expected key=value,... or a JSON object, got {item!r}")
+        pairs.append((key.strip(), val.strip()))
+    return tuple(pairs)
+
+
+def _proxy(env: Mapping[str, str]) -> ProxySettings:
+    mode = _get(env, "JARVICE_SLURM_PROXY_MODE", "local").lower()
+    if mode not in ("local", "kubernetes"):
+        raise ConfigError("JARVICE_SLURM_PROXY_MODE", f"expected local or kubernetes, got {mode!r}")
+    tolerations = _get(env, "JARVICE_JOBS_TOLERATIONS", "[]")
+    try:
+        if not isinstance(json.loads(tolerations), list):
+            raise ValueError
+    except ValueError:
+        raise ConfigError("JARVICE_JOBS_TOLERATIONS", "must be a JSON list of tolerations") from None
+    image = _get(env, "JARVICE_SLURM_PROXY_IMAGE")
+    if mode == "kubernetes" and not image:
+        raise ConfigError("JARVICE_SLURM_PROXY_IMAGE", "is required when JARVICE_SLURM_PROXY_MODE=kubernetes")
+    return ProxySettings(
+        mode=mode,
+        bind=_get(env, "JARVICE_SLURM_PROXY_BIND", "0.0.0.0"),
+        public_host=_get(env, "JARVICE_SLURM_PROXY_PUBLIC_HOST") or socket.getfqdn(),
+        ports=_port_range(env, "JARVICE_SLURM_PROXY_PORTS"),
+        namespace=_get(env, "JARVICE_JOBS_NAMESPACE", "jarvice-system-jobs"),
+        ingress_class=_get(env, "JARVICE_JOBS_INGRESS_CLASS"),
+        ingress_annotations=_annotations(env, "JARVICE_JOBS_INGRESS_ANNOTATIONS"),
+        cert_issuer=_get(env, "JARVICE_JOBS_INGRESS_CERT_ISSUER"),
+        image=image,
+        ssh_secret=_get(env, "JARVICE_SLURM_PROXY_SSH_SECRET", "jarvice-slurm-downstream-ssh"),
+        tolerations=tolerations,
+        kube_api=_get(env, "JARVICE_SLURM_KUBE_API"),
+        leader_election=_bool(env, "JARVICE_SLURM_LEADER_ELECTION"),
+        identity=_get(env, "JARVICE_SLURM_POD_NAME") or socket.gethostname(),
+    )
+
+
+def _journal(env: Mapping[str, str]) -> str:
+    name = "JARVICE_SLURM_JOURNAL"
+    raw = _get(env, name) or str(Path(env.get("HOME", "/tmp")) / ".local/state/slurm-downstream/journal.sqlite3")
+    if raw != ":memory:" and not raw.startswith("/"):
+        raise ConfigError(name, f"must be an absolute path or :memory:, got {raw!r}")
+    return raw
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError on the first bad one."""
     env = os.environ if env is None else env
@@ -263,7 +360,18 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         service_port=_int(env, "JARVICE_SLURM_SERVICE_PORT", 2228, 1, 65535),
         ssh_port=_int(env, "JARVICE_SLURM_JOB_SSH_PORT", 2227, 1, 65535),
         registry=_registry(env),
+        port_count=_int(env, "JARVICE_SLURM_PORT_COUNT", 100, 1, 10_000),
+        journal=_journal(env),
+        log_format=_log_format(env),
+        proxy=_proxy(env),
     )
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    value = _get(env, "JARVICE_SLURM_LOG_FORMAT", "text").lower()
+    if value not in ("text", "json"):
+        raise ConfigError("JARVICE_SLURM_LOG_FORMAT", f"expected text or json, got {value!r}")
+    return value
 
 
 def configure_logging(level: int) -> None:
