@@ -36,6 +36,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from adapters.journal import Journal
     from daemon.report import init_report
     from daemon.server import build_downstream, connectivity_test, describe_key, open_ssh
 
@@ -51,7 +52,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     async def check() -> bool:
         async with open_ssh(settings) as ssh:
-            downstream = build_downstream(settings, ssh)
+            downstream = build_downstream(settings, ssh, Journal(":memory:"))
             if not await connectivity_test(downstream):
                 return False
             info = downstream.cluster

@@ -12,6 +12,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from adapters.errors import DownstreamError
 from adapters.jobscript import ScriptEnvironment
+from adapters.journal import Journal
 from adapters.slurm.client import SlurmClient
 from adapters.ssh import SSHClient, SSHTarget, load_private_key
 from config.settings import ConfigError, Settings
@@ -86,10 +87,10 @@ async def connectivity_test(downstream: Downstream) -> bool:
     return True
 
 
-def build_downstream(settings: Settings, ssh: SSHClient) -> Downstream:
+def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal) -> Downstream:
     slurm = SlurmClient(ssh, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
     return Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
-                      poll_interval=settings.poll_interval)
+                      poll_interval=settings.poll_interval, command_timeout=settings.command_timeout, journal=journal)
 
 
 async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
@@ -98,8 +99,9 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
     key = describe_key(settings)
     for line in init_report(settings, key):
         log.info(line)
+    journal = Journal(settings.journal)
     async with open_ssh(settings) as ssh:
-        downstream = build_downstream(settings, ssh)
+        downstream = build_downstream(settings, ssh, journal)
         await connectivity_test(downstream)
         log.info("")
         log.info(" Init done. Entering main loop.")

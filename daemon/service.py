@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -19,9 +20,12 @@ import trio
 from adapters import jobscript
 from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
 from adapters.jobscript import ScriptEnvironment
-from adapters.slurm.client import ClusterInfo, SlurmClient
+from adapters.journal import Journal
+from adapters.slurm.backend import SlurmBackend
+from adapters.slurm.client import ClusterInfo, Poll
+from adapters.slurm.parsers import parse_comment
 from statemachines.book import DuplicateJob, JobBook
-from statemachines.job import Effect, Finished, Job, Observation, Outcome, Resolve
+from statemachines.job import Effect, Finished, Job, JobState, Observation, Outcome, Resolve
 from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
@@ -65,20 +69,26 @@ class _Answer:
 
 @dataclass
 class Downstream:
-    slurm: SlurmClient
+    slurm: SlurmBackend
     script_env: ScriptEnvironment
     executor: str = "singularity"
     poll_interval: float = 2.0
+    command_timeout: float = 30.0  # how long an sbatch whose answer was lost may still take effect
+    journal: Journal = field(default_factory=Journal)
+    wall: Callable[[], float] = time.time  # for the journal and the state history
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
 
     def __post_init__(self) -> None:
+        self.book.machine.clock = self.wall
         self._answers: dict[str, _Answer] = {}
         self._name_locks: dict[str, trio.Lock] = {}
         self._resolving: set[str] = set()
+        self._duplicates: set[str] = set()  # Slurm job ids already reported as duplicates
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._restored = False
 
     # ------------------------------------------------------------ freshness
     @property
@@ -98,6 +108,7 @@ class Downstream:
     # ------------------------------------------------------------ the poller
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll forever; effects run as tasks of the same nursery."""
+        self.restore()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -120,6 +131,77 @@ class Downstream:
                  info.version, info.min_job_age, self.slurm.accounting, self.slurm.scratch_dir)
         return info
 
+    # ------------------------------------------------------------ restart recovery
+    def restore(self) -> None:
+        """What only the journal knows: submits in doubt, outcomes and answers not yet collected.
+
+        Jobs still in Slurm are not read here: the first poll adopts them.
+        """
+        if self._restored:
+            return
+        self._restored = True
+        now, wall = trio.current_time(), self.wall()
+        for intent in self.journal.intents():
+            if self.book.named(intent.name) is None:
+                job = Job(name=intent.name, number=intent.number, interactive=intent.interactive)
+                self.book.add(job)
+                self.book.in_limbo(job, now, "the daemon stopped while its sbatch was in flight")
+        for outcome in self.journal.outcomes():
+            if self.book.named(outcome.name) is None and self.book.get(outcome.jobid) is None:
+                rec = outcome.record
+                self.book.add(Job(name=outcome.name, number=outcome.number, jobid=outcome.jobid,
+                                  state=JobState(rec["state"]), exit_code=rec["exit_code"], elapsed=rec["elapsed"],
+                                  termination=rec["termination"], nodes=tuple(rec["nodes"]), adopted=True))
+        for key, (answer, expires) in self.journal.answers(wall).items():
+            self._answers[key] = _Answer(answer, now + (expires - wall))
+        if len(self.book) or self._answers:
+            log.info("journal %s: %d submit(s) in doubt, %d finished job(s) and %d answer(s) restored",
+                     self.journal.path, len(self.book.limbo()), len(self.book) - len(self.book.limbo()), len(self._answers))
+
+    def _adopt_or_settle(self, poll: Poll, now: float) -> list[Effect]:
+        """Jobs Slurm runs under our names that the book does not know by id."""
+        effects: list[Effect] = []
+        for jobid, sj in poll.jobs.items():
+            if self.book.get(jobid) is not None:
+                continue
+            obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
+            known = self.book.named(sj.name)
+            if known is not None and known.limbo_since is not None:
+                log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name)
+                effects += self.book.settle(known, jobid, obs, now=now, since=poll.started_at)
+                self.journal.settle(sj.name)
+                continue
+            if known is not None and not known.jobid:
+                continue  # its sbatch is in flight and will register it when it answers
+            if known is not None:
+                if jobid not in self._duplicates and phase_of(sj.code, sj.reason) is not Phase.FINISHED:
+                    self._duplicates.add(jobid)
+                    log.error("job %s: Slurm runs a second job named jarvice_%s (tracked: %s); not adopted",
+                              jobid, sj.name, known.jobid or "none")
+                continue
+            tag = parse_comment(sj.comment)
+            if tag is None:
+                continue  # a jarvice_ name without our comment: not submitted by a downstream
+            job = self.book.adopt(sj.name, tag.number, jobid, obs, now=now, since=poll.started_at,
+                                  interactive=tag.interactive)
+            if job is not None:
+                log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state)
+        return effects
+
+    def _expire_limbo(self, poll: Poll) -> None:
+        """A complete poll begun well after a lost sbatch that does not show it: it never took effect."""
+        if not poll.complete:
+            return
+        for job in self.book.limbo():
+            lock = self._name_locks.get(job.name)
+            if lock is not None and lock.locked():
+                continue  # a retried submit is settling it right now
+            if job.limbo_since is not None and poll.started_at > job.limbo_since + self.command_timeout:
+                log.warning("job %s: the submit whose answer was lost never reached Slurm; upstream may submit again",
+                            job.name)
+                self.book.forget(job)
+                self.journal.settle(job.name)
+
     async def poll_once(self) -> None:
         started = trio.current_time()
         try:
@@ -136,7 +218,9 @@ class Downstream:
             jobid: Observation(code=j.code, reason=j.reason, nodes=j.nodes, elapsed=j.elapsed)
             for jobid, j in poll.jobs.items()
         }
-        effects = self.book.apply_poll(seen, poll.started_at, now)
+        effects = self._adopt_or_settle(poll, now)
+        effects += self.book.apply_poll(seen, poll.started_at, now, poll.complete)
+        self._expire_limbo(poll)
         self.status.polls += 1
         self.status.ok_at = now
         self.status.last_error = ""
@@ -153,6 +237,9 @@ class Downstream:
                 job = self.book.get(effect.jobid)
                 if job is not None:
                     log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code)
+                    self.journal.finished(job.jobid, job.name, job.number, {
+                        "state": JobState(job.state).value, "exit_code": job.exit_code, "elapsed": job.elapsed,
+                        "termination": job.termination, "nodes": list(job.nodes)})
 
     async def _resolve(self, jobid: str) -> None:
         try:
@@ -180,8 +267,11 @@ class Downstream:
         self.execute(effects)
 
     def _expire_answers(self, now: float) -> None:
-        for jobid in [j for j, a in self._answers.items() if a.expires < now]:
-            del self._answers[jobid]
+        expired = [j for j, a in self._answers.items() if a.expires < now]
+        for key in expired:
+            del self._answers[key]
+        if expired:
+            self.journal.expire(self.wall())
 
     # ------------------------------------------------------------ upstream: snapshot answers
     def queued(self) -> list[list[str]]:
@@ -220,10 +310,17 @@ class Downstream:
                 try:
                     job = self.book.new(req.name, req.number, interactive=req.interactive, fscript=submission.fscript)
                 except DuplicateJob as dup:
-                    log.info("submit of %s repeated: answering with job %s", req.name, dup.job.jobid)
-                    return [dup.job.jobid, dup.job.fscript]
+                    job = dup.job
+                    if job.limbo_since is None:
+                        log.info("submit of %s repeated: answering with job %s", req.name, job.jobid)
+                        return [job.jobid, job.fscript or submission.fscript]
+                    if await self._settle_by_name(job):
+                        return [job.jobid, submission.fscript]
+                    job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
+                self.journal.intend(req.name, req.number, req.interactive)
                 jobid = await self._sbatch(job, submission)
                 self.execute(self.book.submitted(job, jobid, held=req.held, now=trio.current_time()))
+                self.journal.settle(req.name)
         finally:
             self._unlock(req.name, lock)
         log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
@@ -240,20 +337,38 @@ class Downstream:
         except CommandFailed as exc:
             self.book.submit_failed(job, exc.stderr)
             raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None
-        except ClusterUnavailable:
+        except ClusterUnavailable as exc:
             # The link may have dropped after sbatch took effect: never submit twice.
             try:
-                found = await self.slurm.find_by_name(job.name)
+                with trio.CancelScope(shield=True):
+                    found = await self.slurm.find_by_name(job.name)
             except DownstreamError:
-                found = []
+                # Unknown: keep the name reserved until a poll finds the job or proves it absent.
+                self.book.in_limbo(job, trio.current_time(), f"sbatch answer lost: {exc}")
+                raise
             if found:
                 log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid)
                 return found[-1].jobid
             self.book.submit_failed(job, "cluster unavailable")
+            self.journal.settle(job.name)
             raise
         except BaseException:
             self.book.submit_failed(job, "interrupted")
+            self.journal.settle(job.name)
             raise
+
+    async def _settle_by_name(self, job: Job) -> bool:
+        """A retried submit of a job in limbo: is it in Slurm after all? (ClusterUnavailable if unknown.)"""
+        found = await self.slurm.find_by_name(job.name)
+        if not found:
+            return False
+        sj = found[-1]
+        obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
+        now = trio.current_time()
+        self.execute(self.book.settle(job, sj.jobid, obs, now=now, since=now))
+        self.journal.settle(job.name)
+        log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid)
+        return True
 
     async def exitstatus(self, args: Mapping[str, object]) -> list:
         name, _, jobid = job_identity(args)
@@ -279,6 +394,8 @@ class Downstream:
                 tail = await self.slurm.tail(jobid) or ""
                 answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
                 self._answers[key] = _Answer(answer, trio.current_time() + ANSWER_RETENTION)
+                self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
+                self.journal.collected(jobid)
                 if job is not None:
                     self.book.forget(job)
         finally:
@@ -345,7 +462,7 @@ class Downstream:
 
     async def gc(self) -> bool:
         try:
-            await self.slurm.runner.run("true", timeout=10)
+            await self.slurm.ping()
         except DownstreamError:
             return False
         return True

@@ -8,9 +8,9 @@ book's answer at a dictionary lookup between polls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Outcome
+from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Outcome, target_for
 
 _QUEUED = frozenset({JobState.SUBMITTED, JobState.HELD})
 _RUNNING = frozenset({JobState.RUNNING, JobState.PROXYING})
@@ -25,8 +25,8 @@ class DuplicateJob(Exception):
 
 
 class JobBook:
-    def __init__(self) -> None:
-        self.machine = JobMachine()
+    def __init__(self, clock: Callable[[], float] = lambda: 0.0) -> None:
+        self.machine = JobMachine(clock)
         self._by_id: dict[str, Job] = {}
         self._by_name: dict[str, Job] = {}
         self.version = 0
@@ -75,6 +75,49 @@ class JobBook:
         self.machine.submit_failed(job, why)
         self.forget(job)
 
+    def in_limbo(self, job: Job, since: float, why: str) -> None:
+        """sbatch's answer was lost and Slurm could not be asked: keep the name until a poll settles it."""
+        job.limbo_since = since
+        job.last_error = why
+        self.version += 1
+
+    def limbo(self) -> list[Job]:
+        return [job for job in self._by_name.values() if job.limbo_since is not None]
+
+    def adopt(self, name: str, number: int, jobid: str, obs: Observation, *, now: float, since: float,
+              interactive: bool = False) -> Job | None:
+        """A job Slurm runs under our name that this book does not track (a restart, another replica).
+
+        Its state is taken as Slurm reports it, without transitions: nothing
+        happened, the book just learnt of it. ``since`` must not be later than
+        the poll that showed it, so that the next poll can find it gone.
+        """
+        target = target_for(obs)
+        if target is None or target.final:
+            return None  # finished jobs are answered from the cluster; unknown codes wait for a clearer poll
+        job = Job(name=name, number=number, jobid=jobid, interactive=interactive, adopted=True, state=target,
+                  submitted_at=since)
+        self.add(job)
+        self.machine.observe(job, obs, now)
+        return job
+
+    def add(self, job: Job) -> None:
+        """Track a job as it is (adopted from Slurm, or restored from the journal)."""
+        self.machine.add(job)
+        self._by_name[job.name] = job
+        if job.jobid:
+            self._by_id[job.jobid] = job
+        self.version += 1
+
+    def settle(self, job: Job, jobid: str, obs: Observation | None, *, now: float, since: float) -> list[Effect]:
+        """A job in limbo turned up in Slurm: it was submitted after all."""
+        job.limbo_since = None
+        self._by_id[jobid] = job
+        effects = self.machine.submitted(job, jobid, held=bool(obs and obs.reason == "JobHeldUser"), now=since)
+        if obs is not None:
+            effects += self.machine.observe(job, obs, now)
+        return self._changed(effects)
+
     def forget(self, job: Job) -> None:
         self._by_name.pop(job.name, None)
         if job.jobid:
@@ -82,11 +125,14 @@ class JobBook:
         self.machine.remove(job)
         self.version += 1
 
-    def apply_poll(self, seen: Mapping[str, Observation], started_at: float, now: float) -> list[Effect]:
+    def apply_poll(self, seen: Mapping[str, Observation], started_at: float, now: float,
+                   complete: bool = True) -> list[Effect]:
         """One successful squeue: update every active job; flag the ones Slurm forgot.
 
         A job submitted after the squeue began may be missing from its answer
-        without being gone, so only older jobs can be declared absent.
+        without being gone, so only older jobs can be declared absent; and a
+        partial answer (``complete`` False: a line could not be read) proves
+        nobody absent.
         """
         effects: list[Effect] = []
         for job in self._by_id.values():
@@ -98,7 +144,7 @@ class JobBook:
                 effects += self.machine.observe(job, obs, now)
                 if job.state != old:
                     self.version += 1
-            elif job.submitted_at < started_at:
+            elif complete and job.submitted_at < started_at:
                 effects += self.machine.absent(job)
         return effects
 

@@ -13,6 +13,7 @@ machine each, measured in design.md), so 10,000 tracked jobs stay small.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -121,7 +122,11 @@ class Job:
     exit_code: int | None = None
     termination: str = ""  # Slurm's long state name at the end
     rejected: str = ""  # why a submit failed
+    last_error: str = ""  # the latest thing that went wrong for this job (admins read it)
+    limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped)
+    adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
     state: JobState = JobState.QUEUED
+    history: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (wall time, state)
     outbox: list[Effect] = field(default_factory=list, repr=False)
 
     @property
@@ -199,14 +204,20 @@ def final_state_for(code: str) -> JobState:
 
 
 class JobMachine:
-    """Applies events to jobs through one shared transitions Machine."""
+    """Applies events to jobs through one shared transitions Machine.
 
-    def __init__(self) -> None:
+    ``clock`` stamps the state history (wall time, for admins); it is passed in
+    so this module stays free of I/O and tests can fix it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = lambda: 0.0) -> None:
         self.machine = build_machine()
+        self.clock = clock
         self.rejected = 0  # illegal transitions refused (tests assert it stays 0)
 
     def add(self, job: Job) -> None:
         self.machine.add_model(job, initial=JobState(job.state))
+        job.history.append((self.clock(), JobState(job.state).value))
 
     def remove(self, job: Job) -> None:
         self.machine.remove_model(job)
@@ -220,6 +231,7 @@ class JobMachine:
             log.error("job %s (%s): illegal transition %r from %s refused: %s",
                       job.jobid or "-", job.name, trigger, JobState(job.state).value, exc)
             return []
+        job.history.append((self.clock(), JobState(job.state).value))
         return self.drain(job)
 
     @staticmethod

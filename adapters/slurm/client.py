@@ -26,10 +26,15 @@ TAIL_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class Poll:
-    """One squeue answer. ``started_at`` lets the caller ignore jobs submitted after it began."""
+    """One squeue answer. ``started_at`` lets the caller ignore jobs submitted after it began.
+
+    ``complete`` is False when some line could not be read: such a poll still
+    updates the jobs it shows, but cannot prove that any other job is gone.
+    """
 
     started_at: float
     jobs: dict[str, SlurmJob]
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,12 @@ class SlurmClient:
     async def poll(self) -> Poll:
         started = trio.current_time()
         result = await self._run(self._squeue())
-        return Poll(started_at=started, jobs=parsers.parse_squeue(result.stdout))
+        jobs, skipped = parsers.parse_squeue_counting(result.stdout)
+        return Poll(started_at=started, jobs=jobs, complete=not skipped)
+
+    async def ping(self) -> None:
+        """Is the login node answering? (``/gc``, the admin page.)"""
+        await self._run("true")
 
     async def find_by_name(self, name: str) -> list[SlurmJob]:
         """Jobs in Slurm carrying this upstream name (for an idempotent submit)."""
@@ -145,9 +155,12 @@ class SlurmClient:
             if "Invalid job id" not in queue:  # squeue could not ask slurmctld: nothing is known
                 raise ClusterUnavailable(f"squeue failed: {queue.strip()[:300]}")
             queue = ""
+        listed, skipped = parsers.parse_squeue_counting(queue)
+        if skipped:  # squeue printed the job, unreadably: it is not gone
+            raise CommandFailed("inspect", result.exit_status, f"unreadable squeue line for job {jobid}")
         return JobFacts(
             jobid=jobid,
-            squeue=parsers.parse_squeue(queue).get(jobid),
+            squeue=listed.get(jobid),
             rc_file=parsers.parse_rc(rc_text),
             accounting=parsers.parse_sacct(acct.lstrip("\n")).get(jobid),
         )

@@ -90,13 +90,20 @@ def strip_prefix(slurm_name: str) -> str | None:
 
 def parse_squeue(output: str) -> dict[str, SlurmJob]:
     """Parse ``squeue -h -o SQUEUE_FORMAT``; keep only JARVICE jobs."""
+    return parse_squeue_counting(output)[0]
+
+
+def parse_squeue_counting(output: str) -> tuple[dict[str, SlurmJob], int]:
+    """The jobs, and how many lines were skipped: a poll with skipped lines proves no job gone."""
     jobs: dict[str, SlurmJob] = {}
+    skipped = 0
     for line in output.splitlines():
         if not line.strip():
             continue
         fields = line.split(SEP)
         if len(fields) != len(SQUEUE_FIELDS):
             log.warning("squeue: skipped a line with %d fields instead of %d: %r", len(fields), len(SQUEUE_FIELDS), line[:200])
+            skipped += 1
             continue
         jobid, slurm_name, code, elapsed, nodes, reason, comment = fields
         name = strip_prefix(slurm_name)
@@ -114,7 +121,28 @@ def parse_squeue(output: str) -> dict[str, SlurmJob]:
             )
         except ParseError as exc:
             log.warning("squeue: skipped job %s: %s", jobid, exc)
-    return jobs
+            skipped += 1
+    return jobs, skipped
+
+
+@dataclass(frozen=True)
+class JobTag:
+    """What a downstream writes into the job's Slurm comment: enough to adopt it after a restart."""
+
+    number: int
+    interactive: bool = False
+
+
+_COMMENT_RE = re.compile(r"jarvice:(\d{1,15})(?P<flags>(?:;[a-z]+=[^;]*)*)")
+
+
+def parse_comment(comment: str) -> JobTag | None:
+    """``jarvice:<number>`` optionally followed by ``;key=value`` flags; None when not ours."""
+    match = _COMMENT_RE.fullmatch(comment.strip())
+    if not match:
+        return None
+    flags = dict(item.split("=", 1) for item in match["flags"].split(";") if item)
+    return JobTag(number=int(match[1]), interactive=flags.get("i") == "1")
 
 
 def parse_exit_code(text: str) -> int | None:

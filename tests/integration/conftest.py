@@ -43,6 +43,7 @@ def cluster_env() -> dict[str, str]:
 def settings(**overrides: str) -> Settings:
     env = cluster_env()
     env.setdefault("JARVICE_SLURM_POLL_INTERVAL", "0.5")
+    env.setdefault("JARVICE_SLURM_JOURNAL", ":memory:")
     env.update(overrides)
     return load(env)
 

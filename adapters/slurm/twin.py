@@ -1,0 +1,277 @@
+"""A simulated Slurm with the real client's interface, driven by a clock the test controls.
+
+The twin is what the property-based tests and the large benchmarks run the
+daemon against: jobs pend, start, finish, fail, get cancelled and get purged
+``min_job_age`` seconds after they end; commands can fail, time out, hang,
+return garbage, or lose the SSH link before or after they took effect. Its
+observable behaviour (what each method returns or raises) follows the real
+``SlurmClient`` on the real test cluster; ``tests/contract`` checks both with
+the same tests, so a difference is a failing test, not a silent lie.
+
+Nothing here does I/O; the only waiting is ``trio.sleep`` for modelled latency
+and hangs, so a trio ``MockClock`` makes it instantaneous.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import trio
+
+from adapters.errors import ClusterUnavailable, CommandFailed
+from adapters.jobscript import Submission
+from adapters.slurm.client import ClusterInfo, JobFacts, Poll
+from adapters.slurm.parsers import JOB_PREFIX, AccountingRecord, SlurmJob
+from statemachines.slurm_states import FINISHED_CODES, exit_code_of
+
+COMMANDS = ("sbatch", "squeue", "inspect", "scancel", "scontrol", "tail", "rm", "ls", "ping")
+
+
+class Fault(StrEnum):
+    FAIL = "fail"  # the command runs and exits non-zero (slurmctld unreachable, say)
+    UNAVAILABLE = "unavailable"  # the SSH link is down before the command is sent
+    DROP_AFTER = "drop_after"  # the command took effect, then the link dropped: the answer is lost
+    GARBAGE = "garbage"  # the command exits 0 but prints something unreadable
+    HANG = "hang"  # no answer until the command timeout, then the link is declared dead
+
+
+@dataclass
+class SimJob:
+    jobid: str
+    slurm_name: str
+    comment: str
+    nodes_wanted: int
+    held: bool
+    submitted: float
+    code: str = "PD"
+    reason: str = "None"
+    nodes: tuple[str, ...] = ()
+    started: float | None = None
+    ended: float | None = None
+    rc: int | None = None  # the job's exit-code file, once task 0 wrote it
+    output: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.code in FINISHED_CODES
+
+
+@dataclass
+class SimulatedSlurm:
+    user: str = "jarvice"
+    scratch_dir: str = "/home/jarvice"
+    accounting: str = "jobcomp"  # "sacct", "jobcomp" or "none": whether inspect finds finished jobs
+    min_job_age: float = 300.0
+    nodes: tuple[str, ...] = ("node1", "node2")
+    command_timeout: float = 30.0
+    latency: float = 0.0  # seconds each command takes (trio time)
+    time: float = 0.0  # Slurm's own clock, advanced by the test
+    jobs: dict[str, SimJob] = field(default_factory=dict)
+    accounted: dict[str, SimJob] = field(default_factory=dict)  # sacct remembers after the purge
+    commands: Counter = field(default_factory=Counter)
+    link_up: bool = True
+    _faults: dict[str, list[Fault]] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1000))
+
+    # ------------------------------------------------------------ test controls
+    def inject(self, command: str, fault: Fault, times: int = 1) -> None:
+        """The next ``times`` runs of ``command`` (one of COMMANDS) meet ``fault``."""
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}")
+        self._faults.setdefault(command, []).extend([fault] * times)
+
+    def advance(self, seconds: float) -> None:
+        """Time passes on the cluster: finished jobs older than MinJobAge are purged."""
+        self.time += seconds
+        for jobid in [j.jobid for j in self.jobs.values() if j.ended is not None and self.time - j.ended >= self.min_job_age]:
+            del self.jobs[jobid]
+
+    def start(self, jobid: str) -> None:
+        job = self.jobs[jobid]
+        if job.code != "PD" or job.held:
+            raise ValueError(f"job {jobid} cannot start from {job.code}{' (held)' if job.held else ''}")
+        job.code, job.reason, job.started = "R", "None", self.time
+        job.nodes = self.nodes[: max(1, min(job.nodes_wanted, len(self.nodes)))]
+
+    def finish(self, jobid: str, rc: int = 0) -> None:
+        """Task 0 ends with ``rc``: the job writes its exit-code file and completes (or fails)."""
+        job = self.jobs[jobid]
+        if job.code != "R":
+            raise ValueError(f"job {jobid} is not running ({job.code})")
+        job.rc = rc
+        job.output += f"job {jobid} ran on {','.join(job.nodes)}\n"
+        self._end(job, "CD" if rc == 0 else "F")
+
+    def node_fail(self, jobid: str) -> None:
+        """The node died under a running job: no exit-code file, Slurm says NODE_FAIL."""
+        self._end(self.jobs[jobid], "NF")
+
+    def active(self) -> dict[str, SimJob]:
+        """Jobs that are pending or running now (not finished, not purged)."""
+        return {j.jobid: j for j in self.jobs.values() if not j.finished}
+
+    def _end(self, job: SimJob, code: str) -> None:
+        job.code, job.ended, job.reason = code, self.time, "None"
+        self.accounted[job.jobid] = job
+
+    # ------------------------------------------------------------ command plumbing
+    async def _command(self, name: str) -> Fault | None:
+        """Count the command, wait its latency, and apply the fault planned for it, if any."""
+        self.commands[name] += 1
+        if not self.link_up:
+            raise ClusterUnavailable("SSH to simulated login node failed: link down")
+        planned = self._faults.get(name)
+        fault = planned.pop(0) if planned else None
+        if fault is Fault.UNAVAILABLE:
+            raise ClusterUnavailable("SSH to simulated login node failed: connection lost")
+        if fault is Fault.HANG:
+            await trio.sleep(self.command_timeout)
+            raise ClusterUnavailable(f"command timed out after {self.command_timeout:g}s on the simulated login node")
+        if fault is Fault.FAIL:
+            await trio.sleep(self.latency)
+            raise CommandFailed(name, 1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+        await trio.sleep(self.latency)
+        return fault
+
+    @staticmethod
+    def _lost(fault: Fault | None) -> None:
+        if fault is Fault.DROP_AFTER:
+            raise ClusterUnavailable("SSH to simulated login node failed: connection lost")
+
+    def _view(self, job: SimJob) -> SlurmJob:
+        end = job.ended if job.ended is not None else self.time
+        elapsed = int(end - job.started) if job.started is not None else 0
+        return SlurmJob(jobid=job.jobid, name=job.slurm_name[len(JOB_PREFIX):], code=job.code, elapsed=elapsed,
+                        nodes=job.nodes, reason="JobHeldUser" if job.held else job.reason, comment=job.comment)
+
+    def _visible(self) -> dict[str, SlurmJob]:
+        return {jobid: self._view(j) for jobid, j in self.jobs.items() if j.slurm_name.startswith(JOB_PREFIX)}
+
+    # ------------------------------------------------------------ the SlurmBackend interface
+    async def preflight(self) -> ClusterInfo:
+        await self._command("ping")
+        job_comp = "jobcomp/filetxt" if self.accounting == "jobcomp" else "jobcomp/none"
+        storage = "accounting_storage/slurmdbd" if self.accounting == "sacct" else "accounting_storage/none"
+        return ClusterInfo(version="slurm 22.05.8 (simulated)", home=self.scratch_dir,
+                           config={"MinJobAge": f"{int(self.min_job_age)} sec", "SelectType": "select/cons_tres",
+                                   "JobCompType": job_comp, "AccountingStorageType": storage})
+
+    async def ping(self) -> None:
+        await self._command("ping")
+
+    async def submit(self, submission: Submission) -> str:
+        fault = await self._command("sbatch")
+        args = dict(a[2:].split("=", 1) for a in submission.sbatch_args if a.startswith("--") and "=" in a)
+        jobid = str(next(self._ids))
+        req = submission.request
+        self.jobs[jobid] = SimJob(jobid=jobid, slurm_name=args.get("job-name", ""), comment=args.get("comment", ""),
+                                  nodes_wanted=req.nodes, held=req.held, submitted=self.time)
+        self._lost(fault)
+        if fault is Fault.GARBAGE:
+            raise CommandFailed("sbatch", 0, "sbatch printed no job id: 'sbatch: error: Batch job submission failed'")
+        return jobid
+
+    async def poll(self) -> Poll:
+        started = trio.current_time()
+        fault = await self._command("squeue")
+        jobs = self._visible()
+        self._lost(fault)
+        if fault is Fault.GARBAGE and jobs:  # one line the parser skips: the answer is partial
+            jobs.pop(min(jobs))
+            return Poll(started_at=started, jobs=jobs, complete=False)
+        return Poll(started_at=started, jobs=jobs)
+
+    async def find_by_name(self, name: str) -> list[SlurmJob]:
+        fault = await self._command("squeue")
+        self._lost(fault)
+        found = [v for v in self._visible().values() if v.name == name]
+        return sorted(found, key=lambda j: int(j.jobid))
+
+    async def inspect(self, jobid: str) -> JobFacts:
+        fault = await self._command("inspect")
+        self._lost(fault)
+        if fault is Fault.GARBAGE:
+            raise CommandFailed("inspect", 0, f"unreadable squeue line for job {jobid}")
+        job = self.jobs.get(jobid)
+        record = self.accounted.get(jobid) if self.accounting != "none" else None
+        rc_job = job or self.accounted.get(jobid)
+        return JobFacts(
+            jobid=jobid,
+            squeue=self._visible().get(jobid),
+            rc_file=rc_job.rc if rc_job else None,
+            accounting=AccountingRecord(
+                jobid=jobid, name=record.slurm_name[len(JOB_PREFIX):], code=record.code,
+                exit_code=record.rc if record.rc is not None else (0 if record.code == "CD" else 1),
+                elapsed=int((record.ended or 0) - (record.started or record.ended or 0)), nodes=record.nodes,
+            ) if record else None,
+        )
+
+    async def cancel(self, jobid: str, name: str) -> None:
+        fault = await self._command("scancel")
+        job = self.jobs.get(jobid)
+        if job is None or job.finished:
+            raise CommandFailed("scancel", 1, f"scancel: error: Kill job error on job id {jobid}: Invalid job id specified")
+        if job.slurm_name == JOB_PREFIX + name:  # scancel -n: a wrong name cancels nothing, silently
+            self._end(job, "CA")
+        self._lost(fault)
+
+    async def release(self, jobid: str) -> None:
+        fault = await self._command("scontrol")
+        job = self.jobs.get(jobid)
+        if job is None:
+            raise CommandFailed("scontrol", 1, "slurm_suspend error: Invalid job id specified")
+        if job.finished:
+            raise CommandFailed("scontrol", 1, "slurm_suspend error: Job has already finished")
+        job.held = False
+        self._lost(fault)
+
+    async def show_job(self, jobid: str) -> str:
+        fault = await self._command("scontrol")
+        self._lost(fault)
+        job = self.jobs.get(jobid)
+        if job is None:
+            return "slurm_load_jobs error: Invalid job id specified\n"
+        return (f"JobId={jobid} JobName={job.slurm_name}\n   JobState={job.code} Reason={job.reason}\n"
+                f"   NodeList={','.join(job.nodes) or '(null)'} Comment={job.comment}\n")
+
+    async def tail(self, jobid: str, lines: int = 10_000) -> str | None:
+        fault = await self._command("tail")
+        self._lost(fault)
+        job = self.jobs.get(jobid) or self.accounted.get(jobid)
+        if job is None or job.started is None or not job.output:
+            return None
+        return "".join(job.output.splitlines(keepends=True)[-lines:])
+
+    async def cleanup(self, jobid: str) -> None:
+        fault = await self._command("rm")
+        for job in (self.jobs.get(jobid), self.accounted.get(jobid)):
+            if job is not None:
+                job.output, job.rc = "", None
+        self._lost(fault)
+
+    async def list_dir(self, path: str, details: bool) -> str:
+        await self._command("ls")
+        return ""
+
+    # ------------------------------------------------------------ for benchmarks
+    def populate(self, count: int, *, prefix: str = "bench", running_share: float = 0.5) -> list[SimJob]:
+        """``count`` jobs already in Slurm, as if submitted earlier (adoption rebuilds them)."""
+        made = []
+        for i in range(count):
+            jobid = str(next(self._ids))
+            job = SimJob(jobid=jobid, slurm_name=f"{JOB_PREFIX}{prefix}-{i}", comment=f"jarvice:{i}",
+                         nodes_wanted=1, held=False, submitted=self.time)
+            self.jobs[jobid] = job
+            if i < math.floor(count * running_share):
+                self.start(jobid)
+            made.append(job)
+        return made
+
+
+def finished_code_of(job: SimJob) -> int:
+    """Upstream's exit code for a finished simulated job (the same table as the real path)."""
+    return exit_code_of(job.code)
