@@ -6,6 +6,13 @@ on it at a time (below OpenSSH's MaxSessions, default 10), keep it alive, and
 after a failure reconnect with exponential backoff and full jitter. While backing
 off, callers fail fast with ClusterUnavailable instead of queueing behind a dead
 link, so upstream gets a quick 503 and the login node is not hammered.
+
+The same connection carries interactive jobs' web traffic: ``open_tunnel`` opens a
+``direct-tcpip`` channel (what ``ssh -W`` uses) to a compute node's port. Those
+channels are not sessions, so OpenSSH's MaxSessions does not count them and they
+take no ``max_sessions`` slot (measured in tests/integration/test_proxy.py); they
+have their own budget, ``max_tunnels``, so a flood of browser connections cannot
+exhaust the login node's file descriptors.
 """
 
 from __future__ import annotations
@@ -14,20 +21,27 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 import trio
 
 from adapters.aiobridge import AsyncioThread
-from adapters.errors import ClusterUnavailable, HostKeyRejected
+from adapters.errors import ClusterUnavailable, DownstreamError, HostKeyRejected
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _KEY_ALGORITHMS = {b"ssh-ed25519", b"ssh-rsa"}
+_CHUNK = 65536  # one tunnel read; with asyncssh's 2 MiB channel window this bounds what a tunnel buffers
+_CLOSE_GRACE = 2.0  # how long closing a tunnel may wait for the asyncio thread
+
+
+class TargetUnreachable(DownstreamError):
+    """The login node is reachable but could not connect to the requested host:port (nothing listens yet, or gone)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class SSHClient:
         target: SSHTarget,
         *,
         max_sessions: int = 8,
+        max_tunnels: int = 512,
         command_timeout: float = 30.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -95,6 +110,7 @@ class SSHClient:
         self._key = load_private_key(target.private_key)
         self._bridge = AsyncioThread("asyncssh")
         self._sessions = trio.Semaphore(max_sessions)
+        self._max_tunnels = max_tunnels
         self._connect_lock = trio.Lock()
         self._conn: asyncssh.SSHClientConnection | None = None  # touched on the asyncio thread only
         self._command_timeout = command_timeout
@@ -107,6 +123,13 @@ class SSHClient:
         self.connected = False
         self.connects = 0
         self.commands = 0
+        self.tunnels_open = 0
+        self.tunnels_total = 0
+
+    @property
+    def address(self) -> str:
+        """The login node's ``ADDR:PORT``, as logs name it."""
+        return self.target.address
 
     async def __aenter__(self) -> SSHClient:
         self._bridge.start()
@@ -123,25 +146,68 @@ class SSHClient:
     async def run(self, command: str, *, stdin: str | None = None, timeout: float | None = None) -> CommandResult:
         """Run ``command`` through the login shell; raise ClusterUnavailable if it cannot."""
         deadline = self._command_timeout if timeout is None else timeout
+
+        def refused(reason: str) -> DownstreamError:
+            return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {reason}")
+
         async with self._sessions:
-            try:
-                with trio.fail_after(deadline):
-                    for attempt in (1, 2):
-                        await self._ensure_connected()
-                        try:
-                            exit_status, out, err = await self._bridge.run(self._aio_run, command, stdin)
-                            break
-                        except _Stale as exc:  # dropped while idle; nothing was sent, so retry once
-                            self._mark_broken(exc)
-                            if attempt == 2:
-                                raise ClusterUnavailable(f"SSH to {self.target.address} keeps dropping") from None
-            except trio.TooSlowError:
-                raise ClusterUnavailable(f"command timed out after {deadline:g}s on {self.target.address}") from None
-            except (OSError, asyncssh.Error) as exc:
-                self._mark_broken(exc)
-                raise ClusterUnavailable(f"SSH to {self.target.address} failed: {_describe(exc)}") from None
+            exit_status, out, err = await self._call(self._aio_run, command, stdin, deadline=deadline,
+                                                     what="command", refused=refused)
         self.commands += 1
         return CommandResult(exit_status, out, err)
+
+    async def open_tunnel(self, host: str, port: int, *, timeout: float | None = None) -> Tunnel:
+        """A byte stream to ``host:port`` as the login node sees it, over the shared connection.
+
+        Raises TargetUnreachable when the login node cannot connect there (sshd answers only once
+        its own connect succeeded, so this doubles as a reachability probe), ClusterUnavailable
+        when the SSH path itself is down or the ``max_tunnels`` budget is spent.
+        """
+        deadline = self.target.connect_timeout if timeout is None else timeout
+        if self.tunnels_open >= self._max_tunnels:
+            raise ClusterUnavailable(f"{self.tunnels_open} tunnels already open through {self.target.address} (the limit)")
+
+        def refused(reason: str) -> DownstreamError:
+            return TargetUnreachable(f"{host}:{port} is not reachable from {self.target.address}: {reason}")
+
+        self.tunnels_open += 1  # counted before the await so concurrent opens respect the budget
+        try:
+            reader, writer = await self._call(self._aio_open_tunnel, host, port, deadline=deadline,
+                                              what=f"opening a tunnel to {host}:{port}", refused=refused)
+        except BaseException:
+            self.tunnels_open -= 1
+            raise
+        self.tunnels_total += 1
+        return Tunnel(self._bridge, reader, writer, f"{host}:{port} via SSH {self.target.address}", self._tunnel_closed)
+
+    def _tunnel_closed(self) -> None:
+        self.tunnels_open -= 1
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, deadline: float, what: str,
+                    refused: Callable[[str], DownstreamError]) -> T:
+        """Await ``fn(*args)`` on the live connection (connecting if needed) and map failures.
+
+        A channel the server refuses leaves the connection up (other channels, tunnels
+        included, live on); only a transport failure marks it broken, to be replaced.
+        """
+        try:
+            with trio.fail_after(deadline):
+                for attempt in (1, 2):
+                    await self._ensure_connected()
+                    try:
+                        return await self._bridge.run(fn, *args)
+                    except _Stale as exc:  # dropped while idle; nothing was sent, so retry once
+                        self._mark_broken(exc)
+                        if attempt == 2:
+                            raise ClusterUnavailable(f"SSH to {self.target.address} keeps dropping") from None
+        except trio.TooSlowError:
+            raise ClusterUnavailable(f"{what} timed out after {deadline:g}s on {self.target.address}") from None
+        except asyncssh.ChannelOpenError as exc:
+            raise refused(exc.reason) from None
+        except (OSError, asyncssh.Error) as exc:
+            self._mark_broken(exc)
+            raise ClusterUnavailable(f"SSH to {self.target.address} failed: {_describe(exc)}") from None
+        raise AssertionError("unreachable")
 
     async def _ensure_connected(self) -> None:
         if self.connected:
@@ -238,11 +304,134 @@ class SSHClient:
         finally:
             proc.close()
 
+    async def _aio_open_tunnel(self, host: str, port: int) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            raise _Stale("connection closed while idle")
+        opening = asyncio.ensure_future(conn.open_connection(host, port))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # the caller gave up: a channel that opens anyway must not stay open unowned
+            opening.add_done_callback(_close_if_opened)
+            raise
+
     async def _aio_close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
             self._conn = None
+
+
+class Tunnel(trio.abc.HalfCloseableStream):
+    """One ``direct-tcpip`` channel, as a trio stream; its asyncssh ends stay on the asyncio thread.
+
+    Each call is one hop to the asyncio thread and back, so nothing piles up between the
+    two sides: a read takes at most ``_CHUNK`` bytes out of asyncssh's buffer (which holds
+    at most the 2 MiB channel window, then stops the sender), and ``send_all`` returns only
+    once asyncssh's send buffer is below its high-water mark (64 KiB). Backpressure thus
+    reaches the TCP peer on either side. Failures surface as trio's BrokenResourceError.
+    """
+
+    def __init__(self, bridge: AsyncioThread, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter,
+                 description: str, on_close: Callable[[], None]) -> None:
+        self._bridge = bridge
+        self._reader = reader
+        self._writer = writer
+        self.description = description  # "HOST:PORT via SSH ADDR:PORT", for logs
+        self._on_close = on_close
+        self._closed = False
+        self._eof_sent = False
+        self._sending = False
+        self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this tunnel")
+        self._check_open()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("EOF was already sent on this tunnel")
+        self._sending = True
+        try:
+            if data:
+                await self._io(_aio_send, self._writer, bytes(data))
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._check_open()
+        await self._io(_aio_drain, self._writer)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` (default 64 KiB) as soon as any arrive; ``b""`` once the far end sent EOF."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this tunnel")
+        self._check_open()
+        self._receiving = True
+        try:
+            return await self._io(_aio_receive, self._reader, max_bytes or _CHUNK)
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:
+        self._check_open()
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        self._eof_sent = True
+        await self._io(_aio_eof, self._writer)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._on_close()
+        # Closing must happen even when the caller is being cancelled (trio's aclose contract).
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+            with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
+                await self._bridge.run(_aio_close_channel, self._writer)
+        await trio.lowlevel.checkpoint()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("tunnel is closed")
+
+    async def _io(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self._bridge.run(fn, *args)
+        except (OSError, asyncssh.Error, RuntimeError) as exc:
+            # RuntimeError: the SSH client (and its asyncio thread) is gone
+            raise trio.BrokenResourceError(f"tunnel to {self.description} broke: {_describe(exc)}") from None
+
+
+# asyncio side of Tunnel: module functions, so the trio side never calls a method on an asyncssh object
+async def _aio_send(writer: asyncssh.SSHWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
+async def _aio_drain(writer: asyncssh.SSHWriter) -> None:
+    await writer.drain()
+
+
+async def _aio_receive(reader: asyncssh.SSHReader, max_bytes: int) -> bytes:
+    return await reader.read(max_bytes)
+
+
+async def _aio_eof(writer: asyncssh.SSHWriter) -> None:
+    writer.write_eof()
+
+
+async def _aio_close_channel(writer: asyncssh.SSHWriter) -> None:
+    writer.close()
+
+
+def _close_if_opened(opening: asyncio.Future[tuple[asyncssh.SSHReader, asyncssh.SSHWriter]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[1].close()
 
 
 class _Stale(Exception):
