@@ -1,0 +1,113 @@
+"""Preflight against the real test cluster, over the real SSH connection the daemon uses.
+
+The checks must agree with what Slurm itself says (``scontrol show config`` run on
+the host), and the failures an operator meets must be reported for real: a
+scratch dir the service user cannot write, one that does not exist, overlay size
+0 without singularity (the test cluster has none, like most login nodes), and a
+poll interval too long for the cluster's MinJobAge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+import trio
+
+from daemon.preflight import Check, exit_code, format_checks, run_preflight
+from daemon.server import open_ssh
+from tests.integration.conftest import settings, slurm
+
+pytestmark = pytest.mark.cluster
+
+
+async def preflight(poll_interval: float | None = None, **env: str) -> dict[str, Check]:
+    conf = settings(**env)
+    async with open_ssh(conf) as ssh:
+        checks = await run_preflight(ssh, conf, poll_interval)
+    print("\n".join(format_checks(checks)))
+    return {c.name: c for c in checks}
+
+
+def cluster_config() -> dict[str, str]:
+    out = slurm("scontrol", "show", "config").stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if _}
+
+
+async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
+    config = cluster_config()
+    started = trio.current_time()
+    checks = await preflight(poll_interval=0.5)
+    took = trio.current_time() - started
+    print(f"preflight took {took:.3f}s (connect + one round trip)")
+    version = re.search(r"\d+\.\d+\.\d+", slurm("sbatch", "--version").stdout)[0]
+    assert checks["slurm version"] == Check("slurm version", "ok", f"slurm {version}")
+    assert checks["ssh"].level == "ok" and "host key verified" in checks["ssh"].detail
+    # The seed requires cons_tres; the test cluster is configured with it.
+    assert config["SelectType"] == "select/cons_tres"
+    assert checks["select type"] == Check("select type", "ok", "select/cons_tres")
+    age = int(config["MinJobAge"].split()[0])
+    assert checks["MinJobAge"].level == "ok" and checks["MinJobAge"].detail.startswith(f"{age}s")
+    assert config["AccountingStorageType"] == "accounting_storage/none"  # tests/cluster/up: jobcomp/filetxt only
+    assert checks["accounting"].detail == "sacct -c works (jobcomp/filetxt)"
+    assert checks["squeue"].level == "ok"
+    assert checks["scratch dir"].level == "ok" and checks["flock"].level == "ok"
+    assert checks["socat"] == Check("socat", "ok", shutil.which("socat"))
+    assert shutil.which("singularity") is None  # the login node is this host: no singularity here
+    assert checks["singularity"].level == "warning"
+    assert exit_code(list(checks.values())) == 0
+
+
+async def test_scratch_dir_the_service_user_cannot_write_is_an_error() -> None:
+    readonly = tempfile.mkdtemp(prefix="preflight-readonly-", dir="/tmp")
+    try:
+        os.chmod(readonly, 0o755)  # root's, readable by all, writable by root only
+        checks = await preflight(JARVICE_SLURM_SCRATCH_DIR=readonly)
+        assert checks["scratch dir"].level == "error"
+        assert checks["scratch dir"].detail.startswith(f"{readonly} is not writable by jarvice: mktemp")
+        assert "Permission denied" in checks["scratch dir"].detail
+        assert "flock" not in checks
+        assert exit_code(list(checks.values())) == 1
+        assert os.listdir(readonly) == []  # nothing left behind
+    finally:
+        os.rmdir(readonly)
+
+
+async def test_missing_scratch_dir_is_an_error() -> None:
+    checks = await preflight(JARVICE_SLURM_SCRATCH_DIR="/tmp/preflight-no-such-dir/scratch")
+    assert checks["scratch dir"].level == "error"
+    assert checks["scratch dir"].detail.startswith("/tmp/preflight-no-such-dir/scratch does not exist")
+
+
+async def test_probe_leaves_no_file_in_the_scratch_dir() -> None:
+    scratch = settings().scratch_dir
+    before = {f for f in os.listdir(scratch) if f.startswith(".slurm-downstream-probe")}
+    await preflight()
+    after = {f for f in os.listdir(scratch) if f.startswith(".slurm-downstream-probe")}
+    assert after <= before
+
+
+async def test_overlay_size_zero_without_singularity_is_an_error() -> None:
+    checks = await preflight(JARVICE_SLURM_OVERLAY_SIZE="0")
+    assert checks["singularity"].level == "error"
+    assert "JARVICE_SLURM_OVERLAY_SIZE=0 needs SingularityCE >= 3.11.3" in checks["singularity"].detail
+    assert exit_code(list(checks.values())) == 1
+
+
+async def test_poll_interval_too_long_for_min_job_age_warns() -> None:
+    age = int(cluster_config()["MinJobAge"].split()[0])
+    checks = await preflight(poll_interval=age / 2)
+    assert checks["MinJobAge"].level == "warning"
+    assert checks["MinJobAge"].detail.startswith(f"{age}s < 3 x poll interval {age / 2:.3g}s")
+    assert "JARVICE_SLURM_POLL_INTERVAL" in checks["MinJobAge"].hint
+    assert exit_code(list(checks.values())) == 0  # a warning: the daemon copes (rc files, jobcomp)
+    assert (await preflight(poll_interval=age / 3))["MinJobAge"].level == "ok"
+
+
+async def test_unreachable_login_node_is_one_ssh_error() -> None:
+    checks = await preflight(JARVICE_SLURM_CLUSTER_PORT="1")
+    assert list(checks) == ["ssh"]
+    assert checks["ssh"].level == "error" and "127.0.0.1:1" in checks["ssh"].detail
