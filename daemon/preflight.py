@@ -113,7 +113,7 @@ def _config_checks(facts: ProbeFacts, poll_interval: float) -> list[Check]:
                             "finished jobs are then resolved from their exit-code files and accounting"))
     elif age < need:
         checks.append(Check("MinJobAge", "warning",
-                            f"{age}s < {POLLS_PER_MIN_JOB_AGE} x poll interval {poll_interval:g}s: "
+                            f"{age}s < {POLLS_PER_MIN_JOB_AGE} x poll interval {poll_interval:.3g}s: "
                             "finished jobs may vanish from squeue between polls",
                             f"lower JARVICE_SLURM_POLL_INTERVAL below {age / POLLS_PER_MIN_JOB_AGE:.3g}s or raise "
                             "MinJobAge in slurm.conf; meanwhile such jobs are resolved from rc files and accounting"))
