@@ -22,13 +22,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from adapters.errors import ClusterUnavailable, CommandFailed, InvalidRequest
-from adapters.jobscript import check_jobid, check_name
-from daemon.service import TAIL_DEFAULT, Conflict, Downstream, NotFound
+from daemon.service import TAIL_DEFAULT, Conflict, Downstream, NotFound, job_identity
 
 log = logging.getLogger(__name__)
 
 PROBES = frozenset({"/live", "/ready"})
 MAX_BODY = 16 * 1024 * 1024
+MAX_PATH = 4096  # PATH_MAX: a longer pvcls path cannot name a file, and a huge command drops the SSH link
+MAX_TAIL_LINES = 100_000
 _PATH_RE = re.compile(r"^/[^\0\n\r]*\Z")
 
 try:
@@ -85,8 +86,20 @@ def _qs(args: Mapping[str, object]) -> dict[str, list]:
 
 
 def _first(qs: Mapping[str, list], key: str, default: str) -> str:
-    values = qs.get(key) or [default]
-    return str(values[0])
+    """The first value of ``qs[key]``, as ``parse_qs`` gives it: a string (numbers and booleans are tolerated)."""
+    value = (qs.get(key) or [default])[0]
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise InvalidRequest(f"'qs.{key}' must be a list of strings")
+
+
+def _tail_lines(raw: str) -> int:
+    """``qs["lines"]``: a positive ASCII integer up to MAX_TAIL_LINES; anything else is the default."""
+    if len(raw) > len(str(MAX_TAIL_LINES)) or not (raw.isascii() and raw.isdigit()):
+        return TAIL_DEFAULT  # checked before int(): int() of a 5000-digit string raises
+    return int(raw) if 0 < int(raw) <= MAX_TAIL_LINES else TAIL_DEFAULT
 
 
 def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
@@ -101,6 +114,15 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
         if not credentials_ok(request.headers.get("Authorization"), server_key):
             return _error(401, "missing or wrong credentials (HTTP Basic, JARVICE_SCHED_SERVER_KEY)")
         return None
+
+    @app.after_request
+    async def close_after_errors(response: Response) -> Response:
+        # An error may be answered before the request body was read (401, 405, 413):
+        # hypercorn would then keep the connection open with the rest of the body
+        # unread, and the client's next request on it would hang. Closing is cheap.
+        if response.status_code >= 400:
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(InvalidRequest)
     async def bad_request(exc: InvalidRequest) -> Response:
@@ -124,6 +146,8 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            return _error(413, f"the request body is larger than {MAX_BODY} bytes")
         return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
@@ -197,18 +221,15 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
         qs = _qs(args)
         if path == "pvcls":
             target = _first(qs, "path", "/")
-            if not _PATH_RE.match(target) or "/../" in f"{target}/":
-                raise InvalidRequest("'path' must be an absolute path without '..'")
+            if len(target) > MAX_PATH or not _PATH_RE.match(target) or "/../" in f"{target}/":
+                raise InvalidRequest(f"'path' must be an absolute path without '..', at most {MAX_PATH} characters")
             details = _first(qs, "details", "false").lower() == "true"
             return Response(await downstream.pvcls(target, details), mimetype="text/plain")
         parts = path.split("/")
         if len(parts) != 4:
             raise InvalidRequest("request path must be <name>/<number>/<jobid>/<method> or pvcls")
         name, number, jobid, method = parts
-        check_name(name)
-        check_jobid(jobid)
-        if not (number.isascii() and number.isdigit()):
-            raise InvalidRequest("'number' must be an integer")
+        name, _, jobid = job_identity({"name": name, "number": number, "jobid": jobid})  # as every job endpoint
         ids = {"name": name, "number": number, "jobid": jobid}
         if method in {"shutdown", "abort"}:
             await downstream.terminate(ids)
@@ -216,8 +237,7 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
         if method == "info":
             return _json({"about": "", "help": "", "url": "", "actions": {}})
         if method == "tail":
-            raw = _first(qs, "lines", str(TAIL_DEFAULT))
-            lines = int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) <= 100_000 else TAIL_DEFAULT
+            lines = _tail_lines(_first(qs, "lines", str(TAIL_DEFAULT)))
             return Response(await downstream.tail(jobid, lines), mimetype="text/plain")
         if method == "screenshot":
             raise NotFound("screenshots are not supported")
