@@ -23,10 +23,18 @@ from adapters.errors import InvalidRequest
 PLACEHOLDER = "DOWNSTREAM_PARAMETERS"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 JOBID_RE = re.compile(r"^[0-9]{1,12}\Z")
-_WALLTIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
-_PARTITION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64})*$")
-_LICENSES_RE = re.compile(r"^[A-Za-z0-9_.@-]+(:\d+)?(,[A-Za-z0-9_.@-]+(:\d+)?)*$")
-_OPTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+# ASCII digits only ([0-9], not \d: "١٢" is a digit string to Python, not to Slurm), \Z not $ (which
+# matches before a trailing newline), and lengths bounded: every one of these lands on a command line.
+_INT_RE = re.compile(r"^[+-]?[0-9]{1,20}\Z")
+_WALLTIME_RE = re.compile(r"^([0-9]{1,5}-)?[0-9]{1,9}(:[0-9]{1,2}){0,2}\Z")
+_PARTITION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64}){0,63}\Z")
+_LICENSES_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}(:[0-9]{1,9})?(,[A-Za-z0-9_.@-]{1,64}(:[0-9]{1,9})?){0,63}\Z")
+_OPTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_OPTION_VALUE = 1024
+# The sbatch command line travels as one SSH channel request: OpenSSH drops the whole
+# connection (every command of the daemon) when a request packet is too large.
+MAX_SBATCH_ARGS = 32 * 1024
 # Options the downstream sets itself: letting a device override them would break
 # tracking (names, comment, output path, parsable id) or the resource contract.
 _RESERVED_OPTIONS = frozenset({
@@ -36,7 +44,7 @@ _RESERVED_OPTIONS = frozenset({
 _SECRET_LINE_RE = re.compile(
     r"^\s*(export\s+)?(JARVICE_(INIT_)?DOCKER_(USERNAME|PASSWORD)|SINGULARITY_DOCKER_(USERNAME|PASSWORD)"
     r"|JOBOBJ_CTRSECRET|JOBOBJ_DOCKER_SECRET)="
-    r"|^\s*export\s+SCHTTPS?_PROXY=\S*//[^/\s]*@"  # a proxy URL carrying user:password
+    r"|^\s*export\s+SCHTTPS?_PROXY=.*@"  # a proxy URL carrying user:password (which may hold '/' or spaces)
 )
 
 
@@ -118,13 +126,12 @@ def check_jobid(value: object) -> str:
 
 
 def _bounded(value: object, label: str, lo: int, hi: int) -> int:
-    """An integer (or a string of one) within bounds; the error names ``label``."""
+    """An integer (or a string of ASCII digits) within bounds; the error names ``label``."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidRequest(f"{label} must be an integer")
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRequest(f"{label} must be an integer, got {str(value)[:40]!r}") from None
+    if isinstance(value, str) and not _INT_RE.match(value.strip(" \t")):
+        raise InvalidRequest(f"{label} must be an integer, got {value[:40]!r}")
+    number = int(value)
     if not lo <= number <= hi:
         raise InvalidRequest(f"{label} must be between {lo} and {hi}, got {str(number)[:40]}")
     return number
@@ -137,7 +144,7 @@ def check_int(args: Mapping[str, object], key: str, lo: int, hi: int) -> int:
 def job_values(script: str) -> dict[str, str]:
     """``KEY=value`` lines (first occurrence wins, as in the reference); quotes stripped."""
     values: dict[str, str] = {}
-    for line in script.splitlines():
+    for line in script.split("\n"):  # bash's lines: str.splitlines() also splits on \x0b, \x85, \u2028 ...
         key, sep, value = line.strip().partition("=")
         if not sep or not re.fullmatch(r"(JOBOBJ|JARVICE)_[A-Z_]+", key) or key in values:
             continue
@@ -164,7 +171,7 @@ def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, s
         items = json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidRequest("JOBOBJ_DEVICES is not valid JSON") from None
-    if isinstance(items, dict):
+    if isinstance(items, dict) and all(isinstance(v, str | int | float) for v in items.values()):
         items = [f"{k}={v}" for k, v in items.items()]
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise InvalidRequest("JOBOBJ_DEVICES must be a JSON list of 'key=value' strings")
@@ -192,8 +199,10 @@ def _devices(raw: str) -> tuple[str, bool | None, int | None, tuple[tuple[str, s
             # sbatch takes any unambiguous prefix of a long option: --job-na=x renames the job
             if any(reserved.startswith(option) for reserved in _RESERVED_OPTIONS):
                 raise InvalidRequest(f"sbatch option --{option} is set by the downstream and cannot be overridden")
-            if "\n" in value or "\0" in value:
+            if _CONTROL_RE.search(value):
                 raise InvalidRequest(f"sbatch option --{option} has a control character in its value")
+            if len(value) > MAX_OPTION_VALUE:
+                raise InvalidRequest(f"sbatch option --{option} has a value longer than {MAX_OPTION_VALUE} characters")
             options.append((option, value))
         else:
             raise InvalidRequest(f"unknown (pseudo)device specified: {key[:40]!r}")
@@ -301,8 +310,9 @@ def _app_credentials(values: Mapping[str, str], registry: str) -> tuple[str, str
         secret = json.loads(values.get("JOBOBJ_DOCKER_SECRET") or "{}")
     except (ValueError, RecursionError):
         secret = {}
-    if isinstance(secret, dict) and secret.get("username") and secret.get("server", registry) == registry:
-        return str(secret.get("username", "")), str(secret.get("password", ""))
+    if (isinstance(secret, dict) and isinstance(secret.get("username"), str) and secret["username"]
+            and isinstance(secret.get("password", ""), str) and secret.get("server", registry) == registry):
+        return secret["username"], secret.get("password", "")
     ctr = values.get("JOBOBJ_CTRSECRET", "")
     if ctr:
         try:
@@ -436,6 +446,8 @@ def sbatch_args(req: JobRequest, env: ScriptEnvironment) -> tuple[str, ...]:
     args.extend(f"--{option}={value}" for option, value in req.options)
     if req.held:
         args.append("--hold")
+    if len(" ".join(shlex.quote(a) for a in args)) > MAX_SBATCH_ARGS:  # as SlurmClient.submit sends it
+        raise InvalidRequest(f"the sbatch options (JOBOBJ_DEVICES sbatch_*) are longer than {MAX_SBATCH_ARGS} characters")
     return tuple(args)
 
 
