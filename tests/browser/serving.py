@@ -1,0 +1,20 @@
+"""Serve a Quart app on a real socket (127.0.0.1, a free port) for tests, as daemon/server.py does."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Quart
+
+
+async def serve_app(nursery: trio.Nursery, app: Quart) -> str:
+    """Start hypercorn in ``nursery``; return the base URL once it accepts connections."""
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.graceful_timeout = 1
+    binds = await nursery.start(partial(hypercorn_serve, app, config))
+    return binds[0]
