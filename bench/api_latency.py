@@ -1,0 +1,195 @@
+"""Benchmark 1: upstream API latency with 100, 1,000 and 10,000 tracked jobs.
+
+A concurrent httpx client (8 connections, keep-alive, like an upstream with a
+worker pool) calls the daemon's process over a real socket. Each endpoint gets
+a warm-up, then three repetitions; the figures are the median of the
+repetitions' medians and of their p99s.
+
+The 100- and 1,000-job tiers are real: held Slurm jobs on the test cluster,
+polled by the real daemon over SSH. 10,000 real jobs would take minutes to
+submit, so that tier runs the real daemon stack (Downstream, create_app,
+hypercorn on a socket) over the simulated Slurm twin (``bench.simulated``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import trio
+
+from bench.context import Context, JobRef, Live
+from bench.stats import median_of, ms, show, summary
+
+CONCURRENCY = 8
+REQUESTS = 300  # per repetition, 8 clients
+REQUESTS_SERIAL = 150  # per repetition, 1 client
+REPS = 3
+WARMUP = 40
+REP_SECONDS = 5.0  # a repetition stops early after this long (large answers)
+FINISHED_REAL = 24  # jobs run to the end for /exitstatus in the real tiers
+
+Call = Callable[[int], Awaitable[httpx.Response]]
+
+
+async def measure(call: Call, *, requests: int = REQUESTS, reps: int = REPS, warmup: int = WARMUP,
+                  concurrency: int = CONCURRENCY, rep_seconds: float = REP_SECONDS) -> dict:
+    """Latency of ``call`` from ``concurrency`` clients: per-repetition summaries and their medians (ms)."""
+    counter = iter(range(10**9))
+    size = 0
+
+    async def burst(count: int, deadline: float) -> list[float]:
+        nonlocal size
+        samples: list[float] = []
+
+        issued = iter(range(count))
+
+        async def worker() -> None:
+            nonlocal size
+            for _ in issued:
+                if time.perf_counter() > deadline:
+                    return
+                i = next(counter)
+                t0 = time.perf_counter()
+                response = await call(i)
+                samples.append(time.perf_counter() - t0)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.request.url.path}: {response.status_code} {response.text[:200]}")
+                size = len(response.content)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        return samples
+
+    await burst(warmup, time.perf_counter() + rep_seconds)
+    runs = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        samples = await burst(requests, started + rep_seconds)
+        wall = time.perf_counter() - started
+        runs.append({**{k: ms(v) if k != "n" else v for k, v in summary(samples).items()}, "rps": len(samples) / wall})
+    return {
+        "requests": sum(r["n"] for r in runs),
+        "median_ms": median_of(r["median"] for r in runs),
+        "p99_ms": median_of(r["p99"] for r in runs),
+        "rps": median_of(r["rps"] for r in runs),
+        "answer_bytes": size,
+        "reps": runs,
+    }
+
+
+async def measure_once_each(call: Call, count: int, concurrency: int = CONCURRENCY) -> dict:
+    """Calls that only make sense once per job (the first /exitstatus): one sample each."""
+    samples: list[float] = []
+    todo = iter(range(count))
+
+    async def worker() -> None:
+        for i in todo:
+            t0 = time.perf_counter()
+            response = await call(i)
+            samples.append(time.perf_counter() - t0)
+            if response.status_code != 200:
+                raise RuntimeError(f"{response.request.url.path}: {response.status_code} {response.text[:200]}")
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    wall = time.perf_counter() - started
+    s = summary(samples)
+    return {"requests": len(samples), "median_ms": ms(s["median"]), "p99_ms": ms(s["p99"]), "rps": len(samples) / wall,
+            "answer_bytes": None, "reps": [{k: ms(v) if k != "n" else v for k, v in s.items()}]}
+
+
+async def endpoints(live: Live, active: list[JobRef], finished: list[JobRef]) -> dict[str, dict]:
+    """Every read endpoint of the contract, one client at a time and then 8 at once."""
+    upstream = live.proc.upstream
+    client = live.proc.client
+    rng = random.Random(6)
+    picks = [rng.choice(active) for _ in range(20_000)]
+    sample = (await upstream.post("/runstatus", picks[0].args)).json()
+    if sample[2] is None:
+        raise RuntimeError(f"/runstatus does not know job {picks[0]}: {sample}")
+    calls: dict[str, Call] = {
+        "GET /queued": lambda i: client.get("/queued"),
+        "GET /running": lambda i: client.get("/running"),
+        "POST /runstatus": lambda i: upstream.post("/runstatus", picks[i % len(picks)].args),
+    }
+    if finished:
+        calls["POST /exitstatus (repeat)"] = lambda i: upstream.post("/exitstatus", finished[i % len(finished)].args)
+    results: dict[str, dict] = {}
+    if finished:  # collected first, so that the repeats find kept answers
+        half = len(finished) // 2
+        results["POST /exitstatus (first)"] = {
+            "c1": await measure_once_each(lambda i: upstream.post("/exitstatus", finished[i].args), half, 1),
+            "c8": await measure_once_each(lambda i: upstream.post("/exitstatus", finished[half + i].args),
+                                          len(finished) - half, CONCURRENCY),
+        }
+    for name, call in calls.items():
+        results[name] = {"c1": await measure(call, concurrency=1, requests=REQUESTS_SERIAL),
+                         "c8": await measure(call, concurrency=CONCURRENCY)}
+    return results
+
+
+def _print(tier: dict) -> None:
+    rows = [[name, r["c1"]["median_ms"], r["c1"]["p99_ms"], r["c8"]["median_ms"], r["c8"]["p99_ms"], r["c8"]["rps"],
+             r["c8"]["answer_bytes"]] for name, r in tier["endpoints"].items()]
+    notes = [tier["source"],
+             f"client: httpx over a socket, 1 connection, then {CONCURRENCY} concurrent ones (keep-alive); median/p99: "
+             f"median over {REPS} repetitions of {REQUESTS_SERIAL} / {REQUESTS} calls, after {WARMUP} warm-up calls",
+             "/exitstatus (first): the call that collects a finished job (once per job, so one sample per job); "
+             "(repeat): the kept answer",
+             f"daemon process: VmRSS {tier['rss_kb'].get('VmRSS', 0) / 1024:.0f} MiB, "
+             f"VmHWM {tier['rss_kb'].get('VmHWM', 0) / 1024:.0f} MiB"]
+    show(f"1. upstream API latency, {tier['jobs']:,} tracked jobs ({tier['kind']})",
+         ["endpoint", "1 client: median ms", "p99 ms", f"{CONCURRENCY} clients: median ms", "p99 ms", "calls/s",
+          "answer bytes"], rows, notes)
+
+
+def _record(ctx: Context, tier: dict) -> dict:
+    ctx.results.setdefault("api_latency", {"tiers": []})["tiers"].append(tier)
+    _print(tier)
+    return tier
+
+
+async def run(ctx: Context, jobs: int) -> dict:
+    """A real tier: ``jobs`` active jobs in the real daemon (held ones submitted as needed)."""
+    live = await ctx.daemon("main")
+    finished = await ctx.finished(live, FINISHED_REAL)
+    active = await ctx.ensure_active(live, jobs)
+    tier = {"jobs": len(active), "kind": "real Slurm", "finished_for_exitstatus": len(finished),
+            "source": f"{len(active)} real held/pending Slurm jobs on the test cluster, polled over SSH every "
+                      f"{live.poll_interval:g}s; {len(finished)} more jobs ran to the end for /exitstatus",
+            "endpoints": await endpoints(live, active, finished)}
+    tier["rss_kb"] = live.proc.status()
+    return _record(ctx, tier)
+
+
+SIM_ARGV = [sys.executable, "-m", "bench.simulated"]
+
+
+async def simulated(ctx: Context, jobs: int) -> Live:
+    """The simulated-population daemon with ``jobs`` jobs (shared with the footprint benchmark)."""
+    finished_file = ctx.work / f"sim-{jobs}-finished.json"
+    return await ctx.daemon(f"sim{jobs}", argv=SIM_ARGV,
+                            env={"BENCH_SIM_JOBS": str(jobs), "BENCH_SIM_FINISHED_FILE": str(finished_file)})
+
+
+async def run_simulated(ctx: Context, jobs: int) -> dict:
+    live = await simulated(ctx, jobs)
+    active = await ctx.active(live)
+    all_finished = [JobRef(*row) for row in json.loads((ctx.work / f"sim-{jobs}-finished.json").read_text())]
+    finished = all_finished[:600]
+    tier = {"jobs": len(active) + len(all_finished), "kind": "simulated Slurm", "finished_for_exitstatus": len(finished),
+            "source": f"simulated Slurm (adapters/slurm/twin.py) in the daemon process: {len(active):,} pending or "
+                      f"running + {len(all_finished):,} finished jobs, adopted by the real Downstream, served by the real "
+                      "create_app on hypercorn; the twin answers without SSH, so /exitstatus (first) has no cluster "
+                      "round trip here",
+            "endpoints": await endpoints(live, active, finished)}
+    tier["rss_kb"] = live.proc.status()
+    return _record(ctx, tier)

@@ -1,0 +1,245 @@
+"""The local test cluster as the benchmarks see it, and a command-counting sshd in front of it.
+
+The shared test cluster (``tests/cluster/up``) is never reconfigured: to count
+what runs on the login node we start a second OpenSSH server of our own, on a
+free port, with the test sshd's own configuration (same host key, same user and
+authorized key, same SLURM_CONF) plus a ``ForceCommand`` wrapper that logs one
+line per command before running it. Whatever connects to that port (the daemon,
+the reference baseline, the raw sbatch loop) is counted on the server side.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
+SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
+
+_WRAPPER = r"""#!/bin/bash
+# slurm-downstream bench: log each command run through this sshd, then run it as sshd would.
+cmd=${SSH_ORIGINAL_COMMAND-}
+kinds=
+set -f
+for word in $cmd; do
+  case ${word##*/} in
+    sbatch|squeue|sacct|scancel|scontrol) kinds+=${kinds:++}${word##*/} ;;
+  esac
+done
+set -- $SSH_CONNECTION
+set +f
+printf '%s\t%s\t%s\t%s\n' "$EPOCHREALTIME" "${kinds:-other}" "${2:-?}" "${cmd//[$'\n\t']/ }" >> LOGFILE
+exec bash -c "$cmd"
+"""
+
+
+class ClusterMissing(RuntimeError):
+    """The test cluster is not up (run tests/cluster/up, or make bench)."""
+
+
+def cluster_env() -> dict[str, str]:
+    """The daemon's JARVICE_* settings for the test cluster (its daemon.env)."""
+    env_file = STATE / "daemon.env"
+    if not env_file.is_file():
+        raise ClusterMissing(f"no test cluster: {env_file} is missing; run tests/cluster/up (make bench does)")
+    env: dict[str, str] = {}
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def local_env() -> dict[str, str]:
+    return dict(os.environ, SLURM_CONF=str(STATE / "etc" / "slurm.conf"), SLURM_TIME_FORMAT="standard")
+
+
+def slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A Slurm command run locally as root: the benchmark's own view of the cluster."""
+    return subprocess.run(list(args), capture_output=True, text=True, env=local_env(), timeout=timeout)
+
+
+def cancel(jobids: list[str]) -> None:
+    """scancel as root, in chunks (jobs of every benchmark, at the end)."""
+    for i in range(0, len(jobids), 500):
+        slurm("scancel", *jobids[i:i + 500])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+    slurm_version = slurm("sbatch", "--version").stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu.group(1).strip() if cpu else "?",
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "debian": debian,
+        "kernel": os.uname().release,
+        "slurm": slurm_version,
+        "min_job_age": _config_value("MinJobAge"),
+    }
+
+
+def _config_value(key: str) -> str:
+    for line in slurm("scontrol", "show", "config").stdout.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip() == key:
+            return v.strip()
+    return "?"
+
+
+@dataclass(frozen=True)
+class Command:
+    at: float  # epoch seconds
+    kinds: str  # "squeue", "squeue+sacct", "other"...
+    client_port: str
+    line: str
+
+
+@dataclass
+class Tally:
+    """What the login node ran between two marks."""
+
+    seconds: float
+    commands: list[Command] = field(default_factory=list)
+    logins: int = 0
+
+    def by_kind(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for c in self.commands:
+            for kind in c.kinds.split("+"):
+                counts[kind] += 1
+        return counts
+
+    @property
+    def slurm_commands(self) -> int:
+        """Command lines that ran at least one Slurm binary."""
+        return sum(1 for c in self.commands if c.kinds != "other")
+
+    def per_minute(self, count: float) -> float:
+        return count * 60.0 / self.seconds if self.seconds > 0 else float("nan")
+
+
+class CountingSSHD:
+    """Our own sshd on a free port, counting every command (see module docstring).
+
+    ``with CountingSSHD() as sshd:``; ``sshd.env()`` is the daemon's settings
+    pointed at it; ``mark()`` / ``tally(mark)`` count what ran in between.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.dir: Path | None = None
+        self.pid: int | None = None
+
+    def __enter__(self) -> CountingSSHD:
+        base = STATE / "ssh" / "sshd_config"
+        if not base.is_file():
+            raise ClusterMissing(f"{base} is missing; run tests/cluster/up")
+        user = cluster_env().get("JARVICE_SLURM_SSH_USER", "jarvice")
+        account = pwd.getpwnam(user)
+        self.dir = Path(tempfile.mkdtemp(prefix="slurm-downstream-bench."))
+        self.dir.chmod(0o755)  # the wrapper runs as the cluster user and appends to the log here
+        self.commands_log = self.dir / "commands.log"
+        self.commands_log.touch()
+        os.chown(self.commands_log, account.pw_uid, account.pw_gid)
+        wrapper = self.dir / "count-commands"
+        wrapper.write_text(_WRAPPER.replace("LOGFILE", shlex.quote(str(self.commands_log))))
+        wrapper.chmod(0o755)
+        self.port = free_port()
+        lines = [ln for ln in base.read_text().splitlines() if not re.match(r"(?i)\s*(port|pidfile|forcecommand)\s", ln)]
+        lines = [f"# slurm-downstream bench: {base} on another port, counting commands",
+                 f"Port {self.port}", f"PidFile {self.dir / 'sshd.pid'}", *lines, f"ForceCommand {wrapper}"]
+        config = self.dir / "sshd_config"
+        config.write_text("\n".join(lines) + "\n")
+        self.sshd_log = self.dir / "sshd.log"
+        host_key = (STATE / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
+        self.known_hosts = self.dir / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}\n")
+        self.known_hosts.chmod(0o644)
+        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(config)], check=True, capture_output=True, text=True)
+        subprocess.run(["/usr/sbin/sshd", "-f", str(config), "-E", str(self.sshd_log)], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid_file = self.dir / "sshd.pid"
+            if pid_file.is_file() and pid_file.read_text().strip():
+                self.pid = int(pid_file.read_text())
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"bench sshd did not start on port {self.port}; see {self.sshd_log}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 15)
+            except ProcessLookupError:
+                pass
+            self.pid = None
+
+    # ------------------------------------------------------------------ use
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The daemon's environment: the test cluster's, pointed at this sshd."""
+        env = cluster_env()
+        env.update(JARVICE_SLURM_CLUSTER_PORT=str(self.port), JARVICE_SLURM_SSH_KNOWN_HOSTS=str(self.known_hosts))
+        env.update(overrides)
+        return env
+
+    def ssh_argv(self) -> list[str]:
+        """``ssh`` options for one fresh connection to this sshd (no multiplexing)."""
+        key = STATE / "ssh" / f"id_{self._key_type()}"
+        return ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                f"{cluster_env().get('JARVICE_SLURM_SSH_USER', 'jarvice')}@127.0.0.1"]
+
+    @staticmethod
+    def _key_type() -> str:
+        return "rsa" if (STATE / "ssh" / "id_rsa").is_file() and not (STATE / "ssh" / "id_ed25519").is_file() else "ed25519"
+
+    def mark(self) -> tuple[float, int, int]:
+        """Now, and the sizes of both logs: the start of a counting window."""
+        return time.time(), self.commands_log.stat().st_size, self._size(self.sshd_log)
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        return path.stat().st_size if path.exists() else 0
+
+    def tally(self, since: tuple[float, int, int]) -> Tally:
+        started, cmd_offset, log_offset = since
+        with self.commands_log.open("rb") as f:
+            f.seek(cmd_offset)
+            raw = f.read().decode(errors="replace")
+        commands = []
+        for line in raw.splitlines():
+            parts = line.split("\t", 3)
+            if len(parts) == 4:
+                commands.append(Command(float(parts[0]), parts[1], parts[2], parts[3]))
+        logins = 0
+        if self.sshd_log.exists():
+            with self.sshd_log.open("rb") as f:
+                f.seek(log_offset)
+                logins = f.read().decode(errors="replace").count("Accepted publickey")
+        return Tally(seconds=time.time() - started, commands=commands, logins=logins)
