@@ -11,7 +11,8 @@ answers:
 * ``GET /ws``: a WebSocket (RFC 6455) that echoes every text or binary message and
   answers pings; fragmented messages are refused with close code 1003;
 * ``GET /blob?bytes=N``: N bytes of a fixed pattern (downloads, for the benchmark);
-* ``POST /sink``: reads the body and answers ``{"bytes": N, "sha256": ...}`` (uploads).
+* ``POST /sink``: reads the body and answers ``{"bytes": N, "sha256": ...}`` (uploads);
+* ``POST /stall``: never reads the body (a service that stops reading, for backpressure).
 
 The test side at the bottom submits this file as a batch job through any ``run``
 (``SSHClient.run``), shipping its own source in the job script, as a real login node
@@ -27,6 +28,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -124,6 +126,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, "text/plain", b"not found\n")
 
     def do_POST(self) -> None:
+        if urlsplit(self.path).path == "/stall":
+            time.sleep(600)
+            return
         if urlsplit(self.path).path != "/sink":
             self._reply(404, "text/plain", b"not found\n")
             return
