@@ -31,6 +31,7 @@ _PARTITION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64}){0,63}\
 _LICENSES_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}(:[0-9]{1,9})?(,[A-Za-z0-9_.@-]{1,64}(:[0-9]{1,9})?){0,63}\Z")
 _OPTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
 MAX_OPTION_VALUE = 1024
 # The sbatch command line travels as one SSH channel request: OpenSSH drops the whole
 # connection (every command of the daemon) when a request packet is too large.
@@ -283,13 +284,18 @@ def fill_placeholder(script: str, block: str) -> str:
         parsed = list(string.Formatter().parse(script))
     except ValueError as exc:
         raise InvalidRequest(f"the script has an unmatched brace ({exc}); literal braces must be doubled") from None
+    line = 1
     for literal, field_name, spec, conversion in parsed:
         out.append(literal)
+        line += literal.count("\n")
         if field_name is None:
             continue
         if field_name != PLACEHOLDER or spec or conversion:
+            # Only a plain name is echoed: between undoubled braces may sit a secret
+            # (a JOBOBJ_DOCKER_SECRET JSON object whose braces upstream did not double).
+            shown = f" {{{field_name}}}" if _FIELD_NAME_RE.match(field_name) else ""
             raise InvalidRequest(
-                f"the script has an unknown field {{{field_name[:40]}}}; only {{{PLACEHOLDER}}} is allowed "
+                f"the script has an unknown field{shown} on line {line}; only {{{PLACEHOLDER}}} is allowed "
                 "and literal braces must be doubled"
             )
         out.append(block)
