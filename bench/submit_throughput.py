@@ -1,0 +1,157 @@
+"""Benchmark 3: submit throughput, /submit to a Slurm job id, next to the cluster's raw sbatch rate.
+
+Three ways to submit the same held one-task job (the sbatch options and batch
+script the daemon renders for it), on the same cluster, in the same run:
+
+* ``/submit`` through the daemon (validation, script rendering, one sbatch over
+  its persistent SSH connection), from 1 client and from 8 concurrent clients;
+* raw ``sbatch`` over one persistent SSH connection (plain asyncssh on asyncio,
+  script on stdin as the daemon sends it): the limit the daemon is held to;
+* raw ``sbatch`` run locally as root (no SSH at all): the cluster's own limit.
+
+All SSH traffic goes through counting sshds with the same ForceCommand wrapper,
+so the wrapper's cost (one bash exec per command) is on both sides. The daemon's
+jobs stay held and tracked: they are the 1,000-job population of the next
+benchmarks. The raw jobs are cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from pathlib import Path
+
+import asyncssh
+import trio
+
+from adapters import jobscript
+from bench.cluster import cancel, local_env
+from bench.context import CONCURRENCY, Context
+from bench.stats import median_of, ms, show, summary
+from config.settings import load
+from daemon.server import script_environment
+from tests.support.upstream import submit_args
+
+RAW_SEQUENTIAL = 100
+RAW_PARALLEL = 200
+DAEMON_SEQUENTIAL = 150
+DAEMON_TOTAL = 1000  # held jobs the daemon tracks afterwards
+WARMUP = 5
+
+
+def same_job(env: dict[str, str], name: str) -> tuple[list[str], str]:
+    """The sbatch arguments and batch script the daemon renders for a held /submit, under a raw job name."""
+    settings = load(env)
+    args = submit_args("20261123-benchraw-alice_raw", 1, "true", held=True)
+    submission = jobscript.build(args, settings.executor, script_environment(settings))
+    sbatch_args = [f"--job-name={name}" if a.startswith("--job-name=") else a for a in submission.sbatch_args]
+    return sbatch_args, submission.batch_script
+
+
+def _raw_ssh(env: dict[str, str], count: int, parallel: int, name: str) -> tuple[float, list[str]]:
+    """``count`` sbatch over one asyncssh connection, ``parallel`` at a time: (seconds, job ids)."""
+    settings = load(env)
+    sbatch_args, script = same_job(env, name)
+    command = "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args)
+
+    async def go() -> tuple[float, list[str]]:
+        ids: list[str] = []
+        key = asyncssh.import_private_key(settings.ssh_pkey)
+        async with asyncssh.connect(settings.cluster_addr, settings.cluster_port, username=settings.ssh_user,
+                                    client_keys=[key], known_hosts=settings.ssh_known_hosts, agent_path=None,
+                                    config=[]) as conn:
+            gate = asyncio.Semaphore(parallel)
+
+            async def one() -> None:
+                async with gate:
+                    result = await conn.run(command, input=script, check=True)
+                    ids.append(str(result.stdout).strip().split(";")[0])
+
+            await asyncio.gather(*(one() for _ in range(WARMUP)))
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(count)))
+            return time.perf_counter() - started, ids
+
+    return asyncio.run(go())
+
+
+async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, work: Path) -> tuple[float, list[str]]:
+    """``count`` sbatch run locally as root (a shell loop, or xargs -P): (seconds, job ids)."""
+    sbatch_args, script = same_job(env, name)
+    script_file = work / "raw-job.sh"
+    script_file.write_text(script)
+    sbatch = "sbatch " + " ".join(shlex.quote(a) for a in [*sbatch_args, str(script_file)])
+    if parallel == 1:
+        loop = f"for i in $(seq {count}); do {sbatch}; done"
+    else:
+        loop = f"seq {count} | xargs -P {parallel} -I{{}} {sbatch}"
+    await trio.run_process(["bash", "-c", f"for i in $(seq {WARMUP}); do {sbatch}; done"], env=local_env(),
+                           capture_stdout=True)
+    started = time.perf_counter()
+    done = await trio.run_process(["bash", "-c", loop], env=local_env(), capture_stdout=True, capture_stderr=True)
+    seconds = time.perf_counter() - started
+    return seconds, [line.split(";")[0] for line in done.stdout.decode().split()]
+
+
+async def run(ctx: Context) -> dict:
+    live = await ctx.daemon("main")
+    raw_sshd = ctx.sshd()
+    name = f"bench_raw_{ctx.run}"
+    rows: dict[str, dict] = {}
+
+    async def raw(label: str, runner: str, count: int, parallel: int) -> None:
+        if runner == "ssh":
+            seconds, ids = await trio.to_thread.run_sync(_raw_ssh, raw_sshd.env(), count, parallel, name)
+        else:
+            seconds, ids = await _raw_local(raw_sshd.env(), count, parallel, name, ctx.work)
+        ctx.jobids.extend(ids)
+        await trio.to_thread.run_sync(cancel, ids)
+        rows[label] = {"jobs": count, "seconds": seconds, "jobs_per_s": count / seconds}
+
+    await raw("raw sbatch, local as root, sequential", "local", RAW_SEQUENTIAL, 1)
+    await raw(f"raw sbatch, local as root, {CONCURRENCY} parallel", "local", RAW_PARALLEL, CONCURRENCY)
+    await raw("raw sbatch, one SSH connection, sequential", "ssh", RAW_SEQUENTIAL, 1)
+    await raw(f"raw sbatch, one SSH connection, {CONCURRENCY} parallel", "ssh", RAW_PARALLEL, CONCURRENCY)
+
+    await ctx.submit_many(live, WARMUP, tag="w", held=True, concurrency=1)
+    for label, count, clients in (("daemon /submit, 1 client", DAEMON_SEQUENTIAL, 1),
+                                  (f"daemon /submit, {CONCURRENCY} clients", None, CONCURRENCY)):
+        if count is None:
+            count = max(CONCURRENCY * 20, DAEMON_TOTAL - len(await ctx.active(live)))
+        mark, cpu = live.sshd.mark(), live.proc.cpu_seconds()
+        started = time.perf_counter()
+        _, seconds = await ctx.submit_many(live, count, tag="s", held=True, concurrency=clients)
+        wall = time.perf_counter() - started
+        s = summary(seconds)
+        kinds = live.sshd.tally(mark).by_kind()
+        rows[label] = {"jobs": count, "seconds": wall, "jobs_per_s": count / wall,
+                       "median_ms": ms(s["median"]), "p99_ms": ms(s["p99"]), "squeue": kinds["squeue"],
+                       "sbatch": kinds["sbatch"], "daemon_cpu_ms_per_job": ms((live.proc.cpu_seconds() - cpu) / count)}
+
+    # the same raw sequence once more, now that Slurm holds as many jobs as during the daemon's run
+    await raw(f"raw sbatch, one SSH connection, {CONCURRENCY} parallel (after)", "ssh", RAW_PARALLEL, CONCURRENCY)
+
+    ssh_seq = rows["raw sbatch, one SSH connection, sequential"]["jobs_per_s"]
+    ssh_par = median_of([rows[f"raw sbatch, one SSH connection, {CONCURRENCY} parallel"]["jobs_per_s"],
+                         rows[f"raw sbatch, one SSH connection, {CONCURRENCY} parallel (after)"]["jobs_per_s"]])
+    result = {
+        "rows": rows,
+        "daemon_vs_raw_ssh_sequential": rows["daemon /submit, 1 client"]["jobs_per_s"] / ssh_seq,
+        "daemon_vs_raw_ssh_parallel": rows[f"daemon /submit, {CONCURRENCY} clients"]["jobs_per_s"] / ssh_par,
+        "tracked_after": len(await ctx.active(live)),
+    }
+    table_rows = [[label, r["jobs"], r["jobs_per_s"], r.get("median_ms"), r.get("p99_ms"), r.get("squeue"),
+                   r.get("daemon_cpu_ms_per_job")] for label, r in rows.items()]
+    show("3. submit throughput (held 1-task jobs)",
+         ["how", "jobs", "jobs/s", "median ms per submit", "p99 ms", "squeue meanwhile", "daemon CPU ms/job"],
+         table_rows, [
+             f"daemon / raw over one SSH connection: {result['daemon_vs_raw_ssh_sequential']:.0%} sequential, "
+             f"{result['daemon_vs_raw_ssh_parallel']:.0%} with {CONCURRENCY} in parallel (target: at least 80%)",
+             "raw: the very sbatch options and script the daemon renders for these jobs; over SSH: plain asyncssh, "
+             "script on stdin, through a counting sshd like the daemon's; "
+             "'(after)': measured again once Slurm holds the daemon's jobs too",
+             f"the daemon also polls (every {live.poll_interval:g}s, and after each submit) on the same connection "
+             f"while submitting; {result['tracked_after']:,} jobs tracked afterwards"])
+    ctx.results["submit_throughput"] = result
+    return result
