@@ -1,0 +1,194 @@
+"""The admin page, its JSON and /metrics, served by the daemon's real app on a real socket.
+
+The app is ``daemon.api.create_app`` (so its own authentication hook guards the
+blueprint) around a Downstream whose Slurm is the simulated twin, because only the
+HTTP side is under test here. The state dict follows the schema in
+``daemon/admin.py``; its job carries what an admin must be able to read even when
+upstream sent hostile text: names and errors containing markup are shown as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import asyncssh
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.twin import SimulatedSlurm
+from config.settings import load
+from daemon.admin import admin_blueprint, config_view, state_diagram_svg
+from daemon.api import create_app
+from daemon.logs import add_secret
+from daemon.metrics import Metrics, instrument
+from daemon.service import Downstream
+from statemachines.job import TRANSITIONS, JobState
+from tests.browser.serving import serve_app
+
+KEY = "admin:adm-Pa55word"
+SECRET = "reg-Pa55-xyzzy"  # a registry password the daemon registered with the log redactor
+HOSTILE = "20261123-app-<script>alert(1)</script>"
+
+
+def realistic_state() -> dict:
+    return {
+        "version": "0.1.0",
+        "started_at": "2026-11-23T20:18:26Z",
+        "config": {"cluster_addr": "login.example.org", "cluster_port": 22, "ssh_pkey": "-----BEGIN OPENSSH PRIVATE KEY"
+                   "-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n", "http_proxy": "http://bob:Pr0xy-pw@proxy:3128",
+                   "registry": {"docker_password": base64.b64encode(SECRET.encode()).decode(), "images_tag": "latest"}},
+        "ssh": {"target": "jarvice@login.example.org:22", "connected": True, "connected_since": "2026-11-23T20:18:27Z",
+                "reconnects": 2, "last_error": None},
+        "poller": {"last_poll_at": 1795466400.5, "last_duration": 0.0123, "polls": 650, "failures": 3,
+                   "last_error": "", "min_job_age": 300, "interval": 2.0},
+        "preflight": [{"name": "socat", "level": "warning", "detail": "socat is not on the login node's PATH",
+                       "hint": "install it"}],
+        "last_error": f"docker login failed with {SECRET}",
+        "jobs": [
+            {"name": HOSTILE, "number": 42, "jobid": "1234", "state": "proxying", "slurm_state": "R", "reason": "None",
+             "nodes": ["node1", "node2"], "exit_code": None, "termination": "", "interactive": True,
+             "history": [["2026-11-23T20:30:00.120Z", "queued"], ["2026-11-23T20:30:01.002Z", "submitted"],
+                         ["2026-11-23T20:30:03.500Z", "running"], ["2026-11-23T20:30:09.000Z", "proxying"]],
+             "proxy": {"state": "serving", "url": "https://1234.jobs.example.org/", "error": "", "connections": 2,
+                       "bytes_up": 2048, "bytes_down": 5_300_000},
+             "last_error": None},
+            {"name": "20261123-batch-bob", "number": 43, "jobid": "1235", "state": "failed", "slurm_state": "F",
+             "reason": "NonZeroExitCode", "nodes": ["node1"], "exit_code": 1, "termination": "FAILED",
+             "interactive": True, "history": [["2026-11-23T20:31:00Z", "queued"], ["2026-11-23T20:31:20Z", "failed"]],
+             "proxy": {"state": "failed", "url": "javascript:alert(3)", "error": "<img src=x onerror=alert(2)>",
+                       "connections": 0, "bytes_up": 0, "bytes_down": 0},
+             "last_error": "sbatch: error: <b>Batch job submission failed</b>"},
+        ],
+    }
+
+
+class Tags(HTMLParser):
+    """Every element the browser would build from the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+@pytest.fixture
+async def admin(nursery: trio.Nursery) -> httpx.AsyncClient:
+    add_secret(SECRET)
+    downstream = Downstream(slurm=SimulatedSlurm(), script_env=ScriptEnvironment(scratch_dir="/tmp/twin"))
+    app = create_app(downstream, KEY)
+    metrics = Metrics(version="0.1.0", jobs=downstream.book.counts)
+    instrument(app, metrics)
+    app.register_blueprint(admin_blueprint(realistic_state, metrics))
+    url = await serve_app(nursery, app)
+    async with httpx.AsyncClient(base_url=url, auth=tuple(KEY.split(":", 1))) as client:
+        yield client
+    nursery.cancel_scope.cancel()
+
+
+async def test_every_admin_route_needs_the_servers_credentials(admin: httpx.AsyncClient) -> None:
+    for path in ("/admin", "/admin/state", "/metrics"):
+        assert (await admin.get(path, auth=None)).status_code == 401
+        assert (await admin.get(path, auth=("admin", "wrong"))).status_code == 401
+        assert (await admin.get(path)).status_code == 200
+
+
+async def test_state_json_is_the_dict_without_secrets(admin: httpx.AsyncClient) -> None:
+    response = await admin.get("/admin/state")
+    assert response.headers["content-type"] == "application/json"
+    state = response.json()
+    assert state["jobs"][0]["name"] == HOSTILE and state["jobs"][0]["history"][2] == ["2026-11-23T20:30:03.500Z", "running"]
+    assert state["poller"]["polls"] == 650 and state["ssh"]["connected"] is True
+    assert state["config"]["ssh_pkey"] == "***"
+    assert state["config"]["registry"]["docker_password"] == "***"
+    assert state["config"]["http_proxy"] == "http://bob:***@proxy:3128"
+    assert state["last_error"] == "docker login failed with ***"
+    text = response.text
+    for secret in (SECRET, "Pr0xy-pw", "b3Blbn", base64.b64encode(SECRET.encode()).decode()):
+        assert secret not in text
+
+
+async def test_page_shows_jobs_as_text_never_as_markup(admin: httpx.AsyncClient) -> None:
+    response = await admin.get("/admin")
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    tags = Tags()
+    tags.feed(page)
+    scripts = [attrs for tag, attrs in tags.tags if tag == "script"]
+    assert len(scripts) == 1  # the page's own, and no other
+    nonce = scripts[0]["nonce"]
+    csp = response.headers["content-security-policy"]
+    assert f"script-src 'nonce-{nonce}'" in csp and "default-src 'none'" in csp
+    assert not [t for t, _ in tags.tags if t in ("img", "b", "link", "iframe")]
+    assert "20261123-app-&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "sbatch: error: &lt;b&gt;Batch job submission failed&lt;/b&gt;" in page
+    links = [attrs.get("href") for tag, attrs in tags.tags if tag == "a"]
+    assert "https://1234.jobs.example.org/" in links
+    assert not [h for h in links if h and h.startswith("javascript:")]
+    assert "javascript:alert(3)" in page  # shown, not linked
+
+
+async def test_page_shows_what_an_operator_looks_for(admin: httpx.AsyncClient) -> None:
+    page = (await admin.get("/admin")).text
+    assert "version 0.1.0" in page
+    assert 'data-jobid="1234"' in page and '<span class="state state-proxying">proxying</span>' in page
+    assert "<time>2026-11-23T20:30:03.500Z</time>" in page  # state history with its times
+    assert "<time>2026-11-23T20:40:00Z</time>" in page  # the last poll (a Unix time) as ISO
+    assert "12 ms" in page and "650 / 3" in page
+    assert "node1, node2" in page and "FAILED (exit 1)" in page
+    assert "2 conn, up 2.0 KiB, down 5.1 MiB" in page
+    assert "jarvice@login.example.org:22" in page and ">connected<" in page
+    assert "socat is not on the login node&#x27;s PATH" in page and "hint: install it" in page
+    assert "docker login failed with ***" in page and SECRET not in page
+    assert "registry.docker_password</th><td>***" in page and "Pr0xy-pw" not in page
+    svg = page[page.index("<svg"):page.index("</svg>") + 6]
+    ET.fromstring(svg)  # well-formed
+    assert 'data-state="proxying"' in svg
+
+
+async def test_metrics_route_serves_a_scrape(admin: httpx.AsyncClient) -> None:
+    await admin.get("/admin")
+    response = await admin.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(response.text) for s in f.samples}
+    assert samples[("slurm_downstream_jobs", (("state", "queued"),))] == 0
+    assert samples[("slurm_downstream_http_request_seconds_count", (("endpoint", "/admin"), ("status", "200")))] == 1
+
+
+def test_diagram_is_the_machines_own() -> None:
+    svg = state_diagram_svg({"running": 3, "failed": 12})
+    root = ET.fromstring(svg)
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    states = [g.get("data-state") for g in root.iterfind(".//s:g[@class='sd-state']", ns)]
+    assert states == [s.value for s in JobState]
+    labels = " | ".join(t.text or "" for t in root.iterfind(".//s:text[@class='sd-label']", ns))
+    for trigger, _, _ in TRANSITIONS:
+        assert trigger in labels, f"transition {trigger} is not drawn"
+    badges = [t.text for t in root.iterfind(".//s:text[@class='sd-count']", ns)]
+    assert badges == ["3", "12"]
+    # complete/fail/cancel leave every active state: drawn once each from the "active" group
+    assert labels.count("complete") == 1 and labels.count("cancel") == 1
+
+
+def test_config_view_masks_what_settings_hide() -> None:
+    pem = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    docker = base64.b64encode(b"d0cker-Secret").decode()
+    s = load({"JARVICE_SLURM_CLUSTER_ADDR": "login", "JARVICE_SLURM_SSH_PKEY": pem, "JARVICE_SCHED_SERVER_KEY": KEY,
+              "JARVICE_DOCKER_PASSWORD": docker, "JARVICE_SLURM_HTTP_PROXY": "http://u:prx-Secret@proxy:3128"})
+    view = config_view(s)
+    text = json.dumps(view)
+    assert view["ssh_pkey"] == "***" and view["registry"]["docker_password"] == "***"
+    assert "server_key" not in view and view["upstream_auth"] == "HTTP Basic, user admin"
+    assert view["http_proxy"] == "http://u:***@proxy:3128"
+    assert view["cluster_addr"] == "login" and view["proxy"]["mode"] == "local"
+    for secret in (docker, "prx-Secret", "adm-Pa55word", pem.splitlines()[1]):
+        assert secret not in text
