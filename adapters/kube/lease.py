@@ -20,8 +20,10 @@ The algorithm is client-go's, which every Kubernetes controller uses:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,15 @@ from adapters.errors import DownstreamError
 from adapters.kube.client import LEASES, KubeClient, KubeConflict, KubeNotFound
 
 log = logging.getLogger(__name__)
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?$")
+
+
+def lease_name(instance: str) -> str:
+    """One Lease per daemon instance (see ``proxies.default_instance``): two schedulers for two Slurm
+    clusters in one namespace must not elect one leader between them."""
+    suffix = instance if _DNS_SUBDOMAIN.match(instance) else hashlib.sha256(instance.encode()).hexdigest()[:16]
+    return f"slurm-downstream-{suffix}"
 
 
 def micro_time(now: datetime | None = None) -> str:

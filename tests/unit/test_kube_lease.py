@@ -222,3 +222,14 @@ def test_micro_time_always_has_six_fraction_digits() -> None:
 
     assert micro_time(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000001Z"
     assert micro_time(datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)) == "2026-01-02T03:04:05.250000Z"
+
+
+def test_each_daemon_instance_campaigns_for_its_own_lease() -> None:
+    """Two schedulers for two Slurm clusters in one namespace must not elect one leader between them.
+    (Kubernetes API: not contacted; the stand-in replaces a real API server, which cannot run here.)"""
+    from adapters.kube.lease import lease_name
+
+    assert lease_name("login1.example.org") == "slurm-downstream-login1.example.org"
+    assert lease_name("login1.example.org") != lease_name("login2.example.org")
+    odd = lease_name("Login_1")  # a valid label value, not a valid object name: digested
+    assert odd.startswith("slurm-downstream-") and odd == odd.lower() and "_" not in odd
