@@ -549,8 +549,8 @@ async def wait_in_slurm(name: str, timeout: float) -> str:
 
 async def test_link_lost_after_sbatch_took_effect(nursery: trio.Nursery, ssh_fault: SSHFault) -> None:
     """sbatch has queued the job but its answer is still on the way when the SSH link dies (the private
-    sshd is SIGKILLed while a slow sbatch wrapper holds the answer): upstream gets 503, the name stays
-    reserved, and the retried submit returns the job that did reach Slurm, never a second one."""
+    sshd is SIGKILLed while a slow sbatch wrapper holds the answer): upstream gets 503, not a refusal, and
+    the submit retried once sshd is back returns the job that did reach Slurm, never a second one."""
     sshd = ssh_fault.sshd
     with trio.fail_after(60):
         async with in_process(nursery, **sshd.env()) as up:
@@ -569,21 +569,19 @@ async def test_link_lost_after_sbatch_took_effect(nursery: trio.Nursery, ssh_fau
                 sshd.kill()
                 ssh_fault.sbatch.slow(False)
                 await wait_until(lambda: "response" in first, 20, "the cut-off submit to be answered")
-            while_down = await up.post("/submit", args)
+            await trio.sleep(1.0)  # a short outage: upstream retries once the login node is back
             ended = await sshd.start()
             recovered_at, retry = await first_ok(lambda: up.post("/submit", args), 45)
-            jobs = Tracked(name, 71, retry.json()[0], rc=0)
-            lost, duplicated, details = await settle_accounts(up, [jobs])
-            count = len((await slurm_jobs()).get(name, []))
+            job = Tracked(name, 71, retry.json()[0], rc=0)
+            lost, duplicated, details = await settle_accounts(up, [job])
+            in_slurm = (await slurm_jobs()).get(name, [])
 
             record("ssh link lost after sbatch took effect", outage_s=ended - injected, recovery_s=recovered_at - ended,
-                   jobs=1, jobs_lost=lost, jobs_duplicated=duplicated, first_submit=first["response"].status_code,
-                   submit_while_down=while_down.status_code)
-            assert first["response"].status_code == 503, first["response"].text
-            assert while_down.status_code == 503, while_down.text
+                   jobs=1, jobs_lost=lost, jobs_duplicated=duplicated, first_submit=first["response"].status_code)
+            assert len(in_slurm) == 1, f"one submit, {len(in_slurm)} Slurm jobs: {in_slurm}"
             assert retry.json()[0] == slurm_id
-            assert count == 1
             assert (lost, duplicated) == (0, 0), details
+            assert first["response"].status_code == 503, first["response"].text
 
 
 async def test_daemon_sigkilled_while_its_sbatch_is_in_flight(daemon_processes: list[DaemonProcess],
