@@ -18,10 +18,11 @@ exhaust the login node's file descriptors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _KEY_ALGORITHMS = {b"ssh-ed25519", b"ssh-rsa"}
-_CHUNK = 65536  # one tunnel read; with asyncssh's 2 MiB channel window this bounds what a tunnel buffers
-_CLOSE_GRACE = 2.0  # how long closing a tunnel may wait for the asyncio thread
+# Tunnel buffering, per tunnel and direction: what may sit between the two threads.
+_CHUNK = 256 * 1024  # the most one read from the channel takes
+_READ_AHEAD = 4  # chunks read from the channel and not yet taken by trio
+_SEND_WINDOW = 1024 * 1024  # bytes handed to asyncssh and not yet drained below its high-water mark
 
 
 class TargetUnreachable(DownstreamError):
@@ -170,15 +173,16 @@ class SSHClient:
         def refused(reason: str) -> DownstreamError:
             return TargetUnreachable(f"{host}:{port} is not reachable from {self.target.address}: {reason}")
 
+        tunnel = Tunnel(f"{host}:{port} via SSH {self.target.address}", self._tunnel_closed)
         self.tunnels_open += 1  # counted before the await so concurrent opens respect the budget
         try:
-            reader, writer = await self._call(self._aio_open_tunnel, host, port, deadline=deadline,
-                                              what=f"opening a tunnel to {host}:{port}", refused=refused)
+            tunnel._attach(await self._call(self._aio_open_tunnel, host, port, tunnel, deadline=deadline,
+                                            what=f"opening a tunnel to {host}:{port}", refused=refused))
         except BaseException:
             self.tunnels_open -= 1
             raise
         self.tunnels_total += 1
-        return Tunnel(self._bridge, reader, writer, f"{host}:{port} via SSH {self.target.address}", self._tunnel_closed)
+        return tunnel
 
     def _tunnel_closed(self) -> None:
         self.tunnels_open -= 1
@@ -304,17 +308,18 @@ class SSHClient:
         finally:
             proc.close()
 
-    async def _aio_open_tunnel(self, host: str, port: int) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+    async def _aio_open_tunnel(self, host: str, port: int, tunnel: Tunnel) -> _ChannelPump:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise _Stale("connection closed while idle")
         opening = asyncio.ensure_future(conn.open_connection(host, port))
         try:
-            return await asyncio.shield(opening)
+            reader, writer = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # the caller gave up: a channel that opens anyway must not stay open unowned
             opening.add_done_callback(_close_if_opened)
             raise
+        return _ChannelPump(reader, writer, tunnel)
 
     async def _aio_close(self) -> None:
         if self._conn is not None:
@@ -324,109 +329,214 @@ class SSHClient:
 
 
 class Tunnel(trio.abc.HalfCloseableStream):
-    """One ``direct-tcpip`` channel, as a trio stream; its asyncssh ends stay on the asyncio thread.
+    """One ``direct-tcpip`` channel as a trio stream; its asyncssh ends stay on the asyncio thread.
 
-    Each call is one hop to the asyncio thread and back, so nothing piles up between the
-    two sides: a read takes at most ``_CHUNK`` bytes out of asyncssh's buffer (which holds
-    at most the 2 MiB channel window, then stops the sender), and ``send_all`` returns only
-    once asyncssh's send buffer is below its high-water mark (64 KiB). Backpressure thus
-    reaches the TCP peer on either side. Failures surface as trio's BrokenResourceError.
+    A round trip to the asyncio thread per chunk halves throughput (the two threads
+    take turns holding the GIL), so the two sides are pipelined instead, with bounded
+    buffers in between: a pump on the asyncio thread reads ahead at most
+    ``_READ_AHEAD`` chunks that trio has not taken yet, then stops reading (asyncssh
+    then stops granting SSH window, which stops the sender); ``send_all`` hands data
+    over without waiting, until ``_SEND_WINDOW`` bytes are not yet drained by asyncssh,
+    and then waits. Backpressure thus reaches the TCP peer on either side. Each side
+    changes its own state only, on its own thread; they talk through
+    ``call_soon_threadsafe`` and ``TrioToken.run_sync_soon``. Failures surface as
+    trio's BrokenResourceError.
     """
 
-    def __init__(self, bridge: AsyncioThread, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter,
-                 description: str, on_close: Callable[[], None]) -> None:
-        self._bridge = bridge
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, description: str, on_close: Callable[[], None]) -> None:
         self.description = description  # "HOST:PORT via SSH ADDR:PORT", for logs
         self._on_close = on_close
+        self._token = trio.lowlevel.current_trio_token()
+        self._pump: _ChannelPump | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._eof_received = False
+        self._error: str | None = None
+        self._in_flight = 0
+        self._waiters = trio.lowlevel.ParkingLot()  # woken whenever data, EOF, an error or send credit arrives
         self._closed = False
         self._eof_sent = False
         self._sending = False
         self._receiving = False
 
+    def _attach(self, pump: _ChannelPump) -> None:
+        self._pump = pump
+
+    # ----------------------------------------------------------- trio side
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this tunnel")
-        self._check_open()
-        if self._eof_sent:
-            raise trio.ClosedResourceError("EOF was already sent on this tunnel")
         self._sending = True
         try:
+            await trio.lowlevel.checkpoint()
+            self._check_usable()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("EOF was already sent on this tunnel")
+            while self._in_flight >= _SEND_WINDOW:
+                await self._wait_change()
+                self._check_usable()
             if data:
-                await self._io(_aio_send, self._writer, bytes(data))
-            else:
-                await trio.lowlevel.checkpoint()
+                self._in_flight += len(data)
+                self._to_asyncio("write", bytes(data))
         finally:
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._check_open()
-        await self._io(_aio_drain, self._writer)
+        while not self._closed and self._error is None and self._in_flight >= _SEND_WINDOW:
+            await self._wait_change()
+        await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Up to ``max_bytes`` (default 64 KiB) as soon as any arrive; ``b""`` once the far end sent EOF."""
+        """Up to ``max_bytes`` as soon as any arrive; ``b""`` once the far end sent EOF."""
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this tunnel")
-        self._check_open()
         self._receiving = True
         try:
-            return await self._io(_aio_receive, self._reader, max_bytes or _CHUNK)
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("tunnel is closed")
+                if self._chunks:
+                    return self._take(max_bytes)
+                if self._eof_received:
+                    return b""
+                if self._error is not None:
+                    raise trio.BrokenResourceError(f"tunnel to {self.description} broke: {self._error}")
+                await self._wait_change()
         finally:
             self._receiving = False
 
     async def send_eof(self) -> None:
-        self._check_open()
-        if self._eof_sent:
-            await trio.lowlevel.checkpoint()
-            return
-        self._eof_sent = True
-        await self._io(_aio_eof, self._writer)
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._to_asyncio("write_eof")
 
     async def aclose(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        self._on_close()
-        # Closing must happen even when the caller is being cancelled (trio's aclose contract).
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
-            with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
-                await self._bridge.run(_aio_close_channel, self._writer)
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+            if self._pump is not None:
+                with contextlib.suppress(RuntimeError):  # the asyncio loop is gone, and the channel with it
+                    self._pump.loop.call_soon_threadsafe(self._pump.close)
+            self._wake()
         await trio.lowlevel.checkpoint()
 
-    def _check_open(self) -> None:
+    def _take(self, max_bytes: int | None) -> bytes:
+        chunk = self._chunks[0]
+        if max_bytes is not None and len(chunk) > max_bytes:
+            self._chunks[0] = chunk[max_bytes:]
+            return chunk[:max_bytes]
+        self._chunks.popleft()
+        self._to_asyncio("grant")
+        return chunk
+
+    def _check_usable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("tunnel is closed")
+        if self._error is not None:
+            raise trio.BrokenResourceError(f"tunnel to {self.description} broke: {self._error}")
 
-    async def _io(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _wait_change(self) -> None:
+        await self._waiters.park()
+
+    def _wake(self) -> None:
+        self._waiters.unpark_all()
+
+    def _to_asyncio(self, method: str, *args: object) -> None:
+        assert self._pump is not None
         try:
-            return await self._bridge.run(fn, *args)
-        except (OSError, asyncssh.Error, RuntimeError) as exc:
-            # RuntimeError: the SSH client (and its asyncio thread) is gone
-            raise trio.BrokenResourceError(f"tunnel to {self.description} broke: {_describe(exc)}") from None
+            self._pump.loop.call_soon_threadsafe(getattr(self._pump, method), *args)
+        except RuntimeError:  # the SSH client (and its asyncio loop) is gone
+            self._broken("the SSH client was closed")
+
+    # callbacks run on the trio thread, scheduled by the pump
+    def _arrived(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+        else:
+            self._eof_received = True
+        self._wake()
+
+    def _drained(self, n: int) -> None:
+        self._in_flight -= n
+        self._wake()
+
+    def _broken(self, why: str) -> None:
+        if self._error is None:
+            self._error = why
+        self._wake()
 
 
-# asyncio side of Tunnel: module functions, so the trio side never calls a method on an asyncssh object
-async def _aio_send(writer: asyncssh.SSHWriter, data: bytes) -> None:
-    writer.write(data)
-    await writer.drain()
+class _ChannelPump:
+    """The asyncio half of a Tunnel: owns the asyncssh reader and writer, on the asyncio thread only."""
 
+    def __init__(self, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter, tunnel: Tunnel) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._reader = reader
+        self._writer = writer
+        self._tunnel = tunnel
+        self._token = tunnel._token
+        self._credit = _READ_AHEAD
+        self._has_credit = asyncio.Event()
+        self._has_credit.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn(self._read())
 
-async def _aio_drain(writer: asyncssh.SSHWriter) -> None:
-    await writer.drain()
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
+    def _to_trio(self, fn: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
 
-async def _aio_receive(reader: asyncssh.SSHReader, max_bytes: int) -> bytes:
-    return await reader.read(max_bytes)
+    async def _read(self) -> None:
+        try:
+            while True:
+                await self._has_credit.wait()
+                data = await self._reader.read(_CHUNK)
+                if data:
+                    self._credit -= 1
+                    if self._credit <= 0:
+                        self._has_credit.clear()
+                self._to_trio(self._tunnel._arrived, data)
+                if not data:
+                    return
+        except (OSError, asyncssh.Error) as exc:
+            self._to_trio(self._tunnel._broken, _describe(exc))
 
+    def grant(self) -> None:
+        self._credit += 1
+        self._has_credit.set()
 
-async def _aio_eof(writer: asyncssh.SSHWriter) -> None:
-    writer.write_eof()
+    def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+        except (OSError, asyncssh.Error) as exc:
+            self._to_trio(self._tunnel._broken, _describe(exc))
+            return
+        self._spawn(self._drain(len(data)))
 
+    async def _drain(self, n: int) -> None:
+        try:
+            await self._writer.drain()
+        except (OSError, asyncssh.Error) as exc:
+            self._to_trio(self._tunnel._broken, _describe(exc))
+        else:
+            self._to_trio(self._tunnel._drained, n)
 
-async def _aio_close_channel(writer: asyncssh.SSHWriter) -> None:
-    writer.close()
+    def write_eof(self) -> None:
+        try:
+            self._writer.write_eof()
+        except (OSError, asyncssh.Error) as exc:
+            self._to_trio(self._tunnel._broken, _describe(exc))
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._writer.close()
 
 
 def _close_if_opened(opening: asyncio.Future[tuple[asyncssh.SSHReader, asyncssh.SSHWriter]]) -> None:

@@ -11,6 +11,8 @@ answers:
 * ``GET /ws``: a WebSocket (RFC 6455) that echoes every text or binary message and
   answers pings; fragmented messages are refused with close code 1003;
 * ``GET /blob?bytes=N``: N bytes of a fixed pattern (downloads, for the benchmark);
+* ``GET /progress``: ``{"blob_bytes": N}``, what all ``/blob`` answers have written into
+  their sockets so far (how far a download got when its reader stopped reading);
 * ``POST /sink``: reads the body and answers ``{"bytes": N, "sha256": ...}`` (uploads);
 * ``POST /stall``: never reads the body (a service that stops reading, for backpressure).
 
@@ -37,6 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_MESSAGE = 64 * 2**20
 _PATTERN = bytes(range(256)) * 256  # 64 KiB
+_progress = {"blob_bytes": 0}  # one int updated under the GIL; read by /progress
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -110,6 +113,7 @@ def read_frame(read: Callable[[int], bytes]) -> tuple[bool, int, bytes]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as browsers use it
     server_version = "webjob/1"
+    disable_nagle_algorithm = True  # headers and body are two writes: without this, each answer waits ~40 ms for an ACK
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # the job's output stays quiet; the tests look at the client side
@@ -122,6 +126,8 @@ class Handler(BaseHTTPRequestHandler):
             self._websocket()
         elif url.path == "/blob":
             self._blob(int(parse_qs(url.query).get("bytes", ["0"])[0]))
+        elif url.path == "/progress":
+            self._reply(200, "application/json", json.dumps(_progress).encode())
         else:
             self._reply(404, "text/plain", b"not found\n")
 
@@ -162,6 +168,7 @@ class Handler(BaseHTTPRequestHandler):
             n = min(left, len(_PATTERN))
             self.wfile.write(_PATTERN[:n])
             left -= n
+            _progress["blob_bytes"] += n
 
     def _websocket(self) -> None:
         h = self.headers
@@ -229,6 +236,7 @@ def page() -> str:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # bursts of connections (browsers, tests with 20 users)
 
 
 def main(argv: list[str]) -> int:
