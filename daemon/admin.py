@@ -53,7 +53,7 @@ from daemon.logs import MASK, redact
 from daemon.metrics import Metrics
 from statemachines.job import FINAL_STATES, TRANSITIONS, JobState
 
-SECRET_WORDS = ("PKEY", "PASSWORD", "SECRET", "TOKEN", "SERVER_KEY", "PRIVATE")
+SECRET_WORDS = ("PKEY", "PASSWORD", "PASSWD", "TOKEN", "SERVER_KEY", "PRIVATE", "CREDENTIAL")  # in config key names
 REFRESH_SECONDS = 5
 
 

@@ -10,6 +10,7 @@ that must reach the screen as text.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,6 +20,8 @@ from daemon.logs import add_secret
 from tests.browser.cdp import CDPError, chromium
 from tests.browser.sample import HOSTILE, KEY, SECRET, admin_app
 from tests.browser.serving import serve_app
+from tests.integration.conftest import Daemon, unique_name
+from tests.support.upstream import submit_args
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
 
@@ -90,3 +93,35 @@ async def test_the_error_detector_sees_what_a_console_would(nursery: trio.Nurser
         assert any("Content Security Policy" in p for p in problems), problems
         assert await page.evaluate("window.injected === undefined")
     nursery.cancel_scope.cancel()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+WIRED = any("admin_blueprint" in (ROOT / "daemon" / f).read_text() for f in ("server.py", "api.py"))
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not WIRED, reason="the admin blueprint is not wired into the daemon yet (daemon/server.py or api.py)")
+async def test_the_real_daemon_shows_a_real_job(daemon: Daemon, nursery: trio.Nursery) -> None:
+    """The whole daemon on the real cluster: a job submitted through the upstream API, seen in the browser."""
+    name = unique_name("admin")
+    jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 21, "echo admin-page; sleep 30"))
+    try:
+        await daemon.wait_phase(name, "running")
+        headers = {"Authorization": "Basic " + base64.b64encode(daemon.settings.server_key.encode()).decode()}
+        async with chromium() as browser:
+            page = await browser.new_page(headers=headers)
+            await page.open(f"{daemon.url}/admin")
+            assert page.problems() == []
+            row = await page.evaluate(
+                f"(() => {{ const r = document.querySelector('#jobs tr.job[data-jobid=\"{jobid}\"]');"
+                " return [r.querySelector('.name').firstChild.textContent, r.querySelector('.state').textContent,"
+                " [...r.querySelectorAll('li .state')].map(s => s.textContent)]; })()")
+            shown_name, state, history = row
+            assert shown_name == name and state == "running"
+            assert history[0] == "queued" and history[-1] == "running"
+            badge = await page.evaluate(
+                "document.querySelector('#diagram g[data-state=running] .sd-count')?.textContent")
+            assert badge is not None and int(badge) >= 1
+            assert "select/cons_tres" in await page.evaluate("document.getElementById('preflight').innerText")
+    finally:
+        await daemon.upstream.call("/terminate", {"name": name, "number": 21, "jobid": jobid})

@@ -145,5 +145,6 @@ def test_config_view_masks_what_settings_hide() -> None:
     assert "server_key" not in view and view["upstream_auth"] == "HTTP Basic, user admin"
     assert view["http_proxy"] == "http://u:***@proxy:3128"
     assert view["cluster_addr"] == "login" and view["proxy"]["mode"] == "local"
+    assert view["proxy"]["ssh_secret"] == "jarvice-slurm-downstream-ssh"  # a Secret's name, not a secret
     for secret in (docker, "prx-Secret", "adm-Pa55word", pem.splitlines()[1]):
         assert secret not in text
