@@ -88,6 +88,14 @@ class Context:
         if live is not None:
             live.sshd.__exit__()
 
+    async def release_cluster(self) -> None:
+        """Stop every daemon and cancel every job this run created (before the simulated stages)."""
+        for key in list(self._daemons):
+            await self.stop(key)
+        jobids, self.jobids = self.jobids, []
+        if jobids:
+            await trio.to_thread.run_sync(cancel, jobids)
+
     async def aclose(self, failed: bool) -> None:
         with trio.CancelScope(shield=True):
             for key in list(self._daemons):

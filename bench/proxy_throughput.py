@@ -127,8 +127,10 @@ def _client(host: str, port: int, mode: str, amount: int) -> dict:
 
 
 async def _load(host: str, port: int, mode: str, amount: int) -> dict:
-    result = await trio.run_process([sys.executable, __file__, "--client", host, str(port), mode, str(amount)],
-                                    capture_stdout=True, capture_stderr=True)
+    argv = [sys.executable, __file__, "--client", host, str(port), mode, str(amount)]
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"load generator ({mode} to {host}:{port}) failed: {result.stderr.decode().strip()[-2000:]}")
     return json.loads(result.stdout)
 
 

@@ -1,0 +1,235 @@
+"""``python -m bench [name ...] [--out FILE] [--keep]``: run the benchmarks, print tables, write JSON.
+
+Runs every benchmark in turn against the real local test cluster (``make
+bench`` brings it up), printing each table as it completes, then a summary
+against the targets, and writes everything to ``bench/results.json`` (or
+``--out`` / ``$BENCH_OUT``). Names select a subset: freshness, api_latency,
+cluster_load, submit_throughput, baseline, footprint, proxy_throughput.
+
+The order matters because the daemon adopts every job it finds in Slurm: the
+100-job measurements come first, then the submit benchmark brings the real
+population to 1,000, then everything measured at 1,000 jobs; the simulated
+10,000-job population comes last, once the real jobs are cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from bench import api_latency, baseline, cluster_load, footprint, freshness, submit_throughput
+from bench.cluster import ClusterMissing, cluster_env, machine
+from bench.context import Context
+from bench.stats import Skipped, show
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+
+Stage = tuple[str, str, bool, Callable[[Context], Awaitable[object]]]
+
+# name, title, needs the real jobs of the stages before it, the benchmark
+STAGES: list[Stage] = [
+    ("freshness", "state freshness", True, freshness.run),
+    ("api_latency", "API latency, 100 jobs", True, lambda ctx: api_latency.run(ctx, 100)),
+    ("cluster_load", "cluster load, 100 jobs", True, lambda ctx: cluster_load.run(ctx, 100, (5.0,))),
+    ("submit_throughput", "submit throughput", True, submit_throughput.run),
+    ("api_latency", "API latency, 1,000 jobs", True, lambda ctx: api_latency.run(ctx, 1000)),
+    ("cluster_load", "cluster load, 1,000 jobs", True, lambda ctx: cluster_load.run(ctx, 1000, (5.0, 1.0, None))),
+    ("baseline", "the reference's way", True, baseline.run),
+    ("footprint", "memory and CPU", False, footprint.run),
+    ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
+]
+NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput"})
+
+
+async def run_stages(ctx: Context, wanted: set[str], errors: dict[str, str]) -> None:
+    released = False
+    for name, title, real, stage in STAGES:
+        if name not in wanted:
+            continue
+        if not real and not released:
+            released = True
+            await ctx.release_cluster()  # the rest needs no real jobs: stop the real daemons, cancel their jobs
+        print(f"\n-- {title} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            await stage(ctx)
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+            errors[title] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            print(f"!! {title} failed: {exc}", flush=True)
+        print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
+
+
+def run_proxy(results: dict, errors: dict[str, str], skipped: dict[str, str]) -> None:
+    """Benchmark 6 lives in bench/proxy_throughput.py (its own ``run() -> dict``), when that exists."""
+    print("\n-- interactive proxy throughput ...", flush=True)
+    try:
+        from bench import proxy_throughput  # type: ignore[attr-defined]
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench.proxy_throughput":
+            raise
+        skipped["proxy_throughput"] = "bench/proxy_throughput.py does not exist yet (the interactive proxy issue)"
+        print(f"   skipped: {skipped['proxy_throughput']}", flush=True)
+        return
+    try:
+        result = proxy_throughput.run()
+    except Skipped as exc:
+        skipped["proxy_throughput"] = str(exc)
+        print(f"   skipped: {exc}", flush=True)
+        return
+    except Exception as exc:  # noqa: BLE001 - reported like the others
+        errors["interactive proxy"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return
+    if isinstance(result, dict) and result.get("skipped"):
+        skipped["proxy_throughput"] = str(result["skipped"])
+        print(f"   skipped: {result['skipped']}", flush=True)
+        return
+    results["proxy_throughput"] = result
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else "yes" if ok else "NO"
+
+
+def summarize(results: dict) -> list[dict]:
+    """The headline figures, each next to its target."""
+    lines: list[dict] = []
+
+    def add(what: str, value: str, target: str, ok: bool | None) -> None:
+        lines.append({"what": what, "value": value, "target": target, "met": ok})
+
+    tiers = {t["jobs"]: t for t in results.get("api_latency", {}).get("tiers", [])}
+    if tiers:
+        jobs = max(tiers)
+        tier = tiers[jobs]
+        for endpoint in ("GET /queued", "GET /running", "POST /runstatus", "POST /exitstatus (repeat)",
+                         "POST /exitstatus (first)"):
+            r = tier["endpoints"].get(endpoint)
+            if r:
+                p99 = r["c8"]["p99_ms"]
+                add(f"{endpoint} p99, {jobs:,} jobs ({tier['kind']})", f"{p99:.1f} ms with 8 clients, "
+                    f"{r['c1']['p99_ms']:.1f} ms with 1", "p99 < 10 ms", p99 < 10)
+    load = results.get("cluster_load", {}).get("scenarios", [])
+    if load:
+        values = [s["slurm_commands_per_min"] for s in load]
+
+        def calls(s: dict) -> str:
+            return "silent" if s["upstream"]["period_s"] is None else f"{s['upstream']['achieved_per_s']:.0f} calls/s"
+
+        spread = ", ".join(f"{s['slurm_commands_per_min']:.0f} ({s['jobs']:,} jobs, {calls(s)})" for s in load)
+        flat = max(values) - min(values) <= max(4.0, 0.15 * max(values))
+        add("Slurm commands/min on the login node", spread, "independent of jobs and call rate", flat)
+    submit = results.get("submit_throughput")
+    if submit:
+        seq, par = submit["daemon_vs_raw_ssh_sequential"], submit["daemon_vs_raw_ssh_parallel"]
+        add("/submit rate vs raw sbatch over one SSH connection", f"{seq:.0%} sequential, {par:.0%} with 8 clients",
+            ">= 80%", min(seq, par) >= 0.8)
+    fresh = results.get("freshness", {}).get("intervals", [])
+    for r in fresh:
+        add(f"freshness at a {r['poll_interval_s']:g} s poll", f"median {r['all']['median']:.0f} ms, "
+            f"p99 {r['all']['p99']:.0f} ms", "(reported)", None)
+    fp = results.get("footprint")
+    if fp:
+        rss = fp["child"]["rss_kb"]["with_book"] / 1024
+        parse = fp["child"]["cpu_ms"]["parse_only_median"]
+        cycle = fp["child"]["cpu_ms"]["steady_poll_median"]
+        add("RSS with 10,000 tracked jobs", f"{rss:.0f} MiB", "< 150 MB", rss * 1.048576 < 150)
+        add("CPU parsing a 10,000-line squeue", f"{parse:.0f} ms (whole poll cycle {cycle:.0f} ms)", "< 50 ms",
+            parse < 50)
+    ref = results.get("baseline")
+    if ref:
+        r1 = ref.get("runstatus 1 client", {})
+        if r1:
+            add("reference way / daemon, /runstatus median", f"{r1['reference_median_ms'] / r1['daemon_median_ms']:.0f}x "
+                f"({r1['reference_median_ms']:.0f} ms vs {r1['daemon_median_ms']:.1f} ms)", "(ratio)", None)
+        ld = ref.get("load", {})
+        if ld and ld.get("daemon_slurm_commands_per_min"):
+            add("reference way / daemon, Slurm commands/min",
+                f"{ld['reference_slurm_commands_per_min'] / ld['daemon_slurm_commands_per_min']:.0f}x "
+                f"({ld['reference_slurm_commands_per_min']:.0f} vs {ld['daemon_slurm_commands_per_min']:.0f}; and "
+                f"{ld['reference_ssh_logins_per_min']:.0f} SSH logins/min vs {ld['daemon_ssh_logins_per_min']:.0f})",
+                "(ratio)", None)
+        for label in ("1 client", "8 clients"):
+            s = ref.get(f"submit {label}")
+            if s and not math.isnan(s["daemon_per_s"]):
+                add(f"daemon / reference way, submits/s, {label}", f"{s['daemon_per_s'] / s['reference_per_s']:.0f}x "
+                    f"({s['daemon_per_s']:.0f}/s vs {s['reference_per_s']:.1f}/s)", "(ratio)", None)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", metavar="name", help="benchmarks to run (default: all): " + ", ".join(NAMES))
+    parser.add_argument("--out", default=os.environ.get("BENCH_OUT", str(DEFAULT_OUT)), help="JSON results file")
+    parser.add_argument("--keep", action="store_true", help="keep the daemons' logs and the sshds' command logs")
+    args = parser.parse_args(argv)
+    unknown = set(args.names) - set(NAMES)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(NAMES)}")
+    wanted = set(args.names or NAMES)
+    try:
+        cluster_env()
+    except ClusterMissing as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    host = machine()
+    print(f"slurm-downstream benchmarks on {host['nproc']} CPUs ({host['cpu']}), {host['ram_gib']} GiB RAM, "
+          f"Debian {host['debian']}, {host['slurm']}, MinJobAge {host['min_job_age']}", flush=True)
+    errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    ctx = Context(keep=args.keep)
+
+    async def stages() -> None:
+        failed = True
+        try:
+            await run_stages(ctx, wanted, errors)
+            failed = bool(errors)
+        finally:
+            await ctx.aclose(failed)
+
+    try:
+        trio.run(stages)
+    except KeyboardInterrupt:
+        print("\ninterrupted: partial results follow", file=sys.stderr)
+        errors["run"] = "interrupted"
+    results = ctx.results
+    if "proxy_throughput" in wanted:
+        run_proxy(results, errors, skipped)
+
+    headline = summarize(results)
+    show("summary against the targets", ["measure", "value", "target", "met"],
+         [[h["what"], h["value"], h["target"], _verdict(h["met"])] for h in headline])
+    for title, message in errors.items():
+        print(f"!! {title}: {message}")
+    document = {
+        "command": "make bench  (python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]) + ")",
+        "started_at": started_at,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": host,
+        "summary": headline,
+        "benchmarks": results,
+        "skipped": skipped,
+        "errors": errors,
+    }
+    out = Path(args.out)
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"\nresults written to {out} ({document['seconds']:.0f}s in all)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
