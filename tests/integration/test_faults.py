@@ -192,6 +192,34 @@ async def settle_accounts(up: Upstream, jobs: list[Tracked], timeout: float = 60
     return lost, duplicated, details
 
 
+@contextlib.asynccontextmanager
+async def early_finish_watch(up: Upstream, jobs: list[Tracked]) -> AsyncIterator[list[str]]:
+    """For the block, keep asking upstream's lists; whenever one of ``jobs`` (the list may grow) is in neither,
+    ask Slurm: if Slurm still has it queued or running, it was reported finished early. Yields the findings."""
+    early: list[str] = []
+    confirmed: set[str] = set()
+
+    async def watch() -> None:
+        while True:
+            status, queued, running = await lists(up)
+            gone = [j for j in list(jobs) if status == 200 and j.name not in confirmed
+                    and told(j.name, queued, running)[0] == "finished"]
+            if gone:
+                with contextlib.suppress(RuntimeError, trio.TooSlowError):  # squeue failed: ask again later
+                    truth = await slurm_jobs()
+                    for job in gone:
+                        codes = [code for jobid, code in truth.get(job.name, []) if jobid == job.jobid]
+                        if codes and phase(codes[0]) != "finished":
+                            early.append(f"{job.name} ({job.jobid}) reported finished while Slurm has it {codes[0]}")
+                        confirmed.add(job.name)
+            await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        yield early
+        nursery.cancel_scope.cancel()
+
+
 def record(fault: str, **numbers: object) -> dict:
     entry = {"fault": fault, "at": datetime.now(UTC).isoformat(timespec="seconds"), **numbers}
     with FAULT_LOG.open("a") as out:
@@ -363,10 +391,12 @@ async def test_sshd_killed_mid_run_and_started_again(nursery: trio.Nursery, ssh_
     caplog.set_level(logging.INFO, logger="adapters.ssh")
     sshd = ssh_fault.sshd
     with trio.fail_after(90):
-        async with in_process(nursery, **sshd.env()) as up:
+        jobs: list[Tracked] = []
+        async with in_process(nursery, **sshd.env()) as up, early_finish_watch(up, jobs) as early:
             long = await submit(up, "ssh-long", 41, "echo long-out; sleep 300", rc=-15)
             held = await submit(up, "ssh-held", 42, "echo held-out", rc=0, held=True)
             short = await submit(up, "ssh-short", 43, "echo short-out; sleep 3; exit 3", rc=1)  # ends in the outage
+            jobs += [long, held, short]
             await wait_where(up, [long, short], "running")
             await wait_where(up, [held], "queued")
             probe = OutageProbe(up, [long, held, short], running=long, ending=short)
@@ -389,6 +419,7 @@ async def test_sshd_killed_mid_run_and_started_again(nursery: trio.Nursery, ssh_
             consistent = await agree(up, [long, held, short], 10)
             _, retry = await first_ok(lambda: up.post("/submit", during_args), 30)
             later = Tracked(during_name, 44, retry.json()[0], rc=0)
+            jobs.append(later)
             await agree(up, [long, held, short, later], 10)
             assert await up.call("/release", held.ids) is True
             assert await up.call("/terminate", long.ids) is True
@@ -405,6 +436,7 @@ async def test_sshd_killed_mid_run_and_started_again(nursery: trio.Nursery, ssh_
             assert (lost, duplicated) == (0, 0), details
             assert "short-out" in short_answer[2][0] and "FAILED" in short_answer[2][1]
             assert reconnected and sshd.logins() >= 2
+            assert early == []
             assert probe.violations == []
 
 
@@ -414,11 +446,14 @@ async def test_slurmctld_restarted_under_running_jobs(nursery: trio.Nursery) -> 
     one submitted just before exists once, and a submit during the outage gets 503."""
     ctld = Slurmctld(STATE)
     with trio.fail_after(100):
-        async with in_process(nursery) as up:
-            across = await submit(up, "ctld-across", 51, "echo across-out; sleep 18; exit 0", rc=0)
+        jobs: list[Tracked] = []
+        async with in_process(nursery) as up, early_finish_watch(up, jobs) as early:
+            across = await submit(up, "ctld-across", 51, "echo across-out; sleep 20; exit 0", rc=0)
             ends = await submit(up, "ctld-ends", 52, "echo ends-out; sleep 3; exit 3", rc=1)  # ends in the outage
+            jobs += [across, ends]
             await wait_where(up, [across, ends], "running")
             just_before = await submit(up, "ctld-before", 53, "echo before-out", rc=0, held=True)
+            jobs.append(just_before)
             probe = OutageProbe(up, [across, ends, just_before], running=across, ending=ends)
             await probe.snapshot()
 
@@ -447,6 +482,7 @@ async def test_slurmctld_restarted_under_running_jobs(nursery: trio.Nursery) -> 
             running_again = await where(up, across.name)
             _, retry = await first_ok(lambda: up.post("/submit", during_args), 30)
             later = Tracked(during_name, 54, retry.json()[0], rc=0)
+            jobs.append(later)
             assert await up.call("/release", just_before.ids) is True
             lost, duplicated, details = await settle_accounts(up, [across, ends, just_before, later])
             across_answer = await up.call("/exitstatus", across.ids)
@@ -461,6 +497,7 @@ async def test_slurmctld_restarted_under_running_jobs(nursery: trio.Nursery) -> 
             assert (lost, duplicated) == (0, 0), details
             assert "across-out" in across_answer[2][0] and "COMPLETED" in across_answer[2][1]
             assert "ends-out" in ends_answer[2][0] and "FAILED" in ends_answer[2][1]
+            assert early == []
             response = during["response"]
             assert response.status_code == 503 and "cluster unavailable" in response.json()["error"], (
                 f"a submit while slurmctld is down got {response.status_code} {response.text}")
