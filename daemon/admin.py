@@ -55,6 +55,7 @@ from statemachines.job import FINAL_STATES, TRANSITIONS, JobState
 
 SECRET_WORDS = ("PKEY", "PASSWORD", "PASSWD", "TOKEN", "SERVER_KEY", "PRIVATE", "CREDENTIAL")  # in config key names
 REFRESH_SECONDS = 5
+MAX_ROWS = 500  # jobs shown on the page (active first); /admin/state has them all
 
 
 # ------------------------------------------------------------------ redaction
@@ -362,7 +363,7 @@ border-color:#c9b07a}
 details ol{margin:4px 0;padding-left:20px} td.name{word-break:break-all;max-width:320px}
 """
 
-_JS = """
+_JS = r"""
 const box = document.getElementById('auto-refresh');
 let timer = null;
 function schedule() {
@@ -375,6 +376,14 @@ box.addEventListener('change', () => {
   schedule();
 });
 schedule();
+const filter = document.getElementById('job-filter');
+filter.addEventListener('input', () => {
+  const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
+  for (const row of document.querySelectorAll('#jobs tr.job')) {
+    const text = row.textContent.toLowerCase();
+    row.hidden = !words.every(w => text.includes(w));
+  }
+});
 """.replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))
 
 
@@ -383,6 +392,10 @@ def render_page(state: Mapping[str, Any], nonce: str) -> str:
     ssh = state.get("ssh") or {}
     poller = state.get("poller") or {}
     jobs = list(state.get("jobs") or [])
+    finals = {s.value for s in FINAL_STATES}
+    shown = sorted(jobs, key=lambda j: j.get("state") in finals)[:MAX_ROWS]  # stable: active first, then as given
+    shown_note = (f"showing {len(shown)} of {len(jobs)} (active first); all are in "
+                  '<a href="admin/state">/admin/state</a>') if len(shown) < len(jobs) else ""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[str(job.get("state"))] = counts.get(str(job.get("state")), 0) + 1
@@ -427,9 +440,11 @@ def render_page(state: Mapping[str, Any], nonce: str) -> str:
 <section id="counts"><h2>Jobs by state</h2><table class="kv">{count_rows}</table></section>
 </div>
 <section id="diagram"><h2>Job state machine</h2>{state_diagram_svg(counts)}</section>
-<section id="jobs"><h2>Jobs ({len(jobs)})</h2><table><thead><tr><th>name</th><th>Slurm id</th><th>state</th>
+<section id="jobs"><h2>Jobs ({len(jobs)})</h2>
+<p class="small"><input type="search" id="job-filter" placeholder="filter by name, id, state, node"> {shown_note}</p>
+<table><thead><tr><th>name</th><th>Slurm id</th><th>state</th>
 <th>Slurm state</th><th>nodes</th><th>ended</th><th>proxy</th><th>last error</th><th>history</th></tr></thead>
-<tbody>{_job_rows(jobs)}</tbody></table></section>
+<tbody>{_job_rows(shown)}</tbody></table></section>
 {f'<section id="preflight"><h2>Preflight</h2><table>{preflight_html}</table></section>' if preflight else ""}
 <section id="config"><h2>Configuration</h2><table class="kv">{config_rows}</table></section>
 </main><script nonce="{nonce}">{_JS}</script></body></html>

@@ -50,6 +50,12 @@ async def test_admin_page_renders_jobs_and_the_diagram_without_errors(nursery: t
         assert width > 600 and height > 150
         assert states == ["queued", "submitted", "held", "running", "proxying", "completed", "failed", "cancelled"]
         assert await page.evaluate("document.getElementById('auto-refresh').checked") is True  # the page's script ran
+        visible = ("(() => { const f = document.getElementById('job-filter'); f.value = %r;"
+                   " f.dispatchEvent(new Event('input'));"
+                   " return [...document.querySelectorAll('#jobs tr.job')].filter(r => !r.hidden)"
+                   ".map(r => r.dataset.jobid); })()")
+        assert await page.evaluate(visible % "failed node1") == ["1235"]
+        assert await page.evaluate(visible % "") == ["1234", "1235"]
         text = await page.evaluate("document.body.innerText")
         assert SECRET not in text and "docker login failed with ***" in text
         # the JSON link from the page works with the same credentials

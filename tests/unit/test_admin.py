@@ -148,3 +148,16 @@ def test_config_view_masks_what_settings_hide() -> None:
     assert view["proxy"]["ssh_secret"] == "jarvice-slurm-downstream-ssh"  # a Secret's name, not a secret
     for secret in (docker, "prx-Secret", "adm-Pa55word", pem.splitlines()[1]):
         assert secret not in text
+
+
+def test_page_lists_at_most_500_jobs_active_first() -> None:
+    from daemon.admin import render_page, scrub
+    from tests.browser.sample import realistic_state
+
+    state = realistic_state()
+    done, running = state["jobs"][1], state["jobs"][0]
+    state["jobs"] = [dict(done, jobid=str(i)) for i in range(550)] + [dict(running, jobid="9999")]
+    page = render_page(scrub(state), "n")
+    assert page.count('<tr class="job"') == 500
+    assert page.index('data-jobid="9999"') < page.index('data-jobid="0"')  # the running job comes first
+    assert "showing 500 of 551 (active first)" in page and "Jobs (551)" in page
