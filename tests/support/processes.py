@@ -220,6 +220,18 @@ class Slurmctld:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @contextlib.asynccontextmanager
+    async def down(self) -> AsyncIterator[None]:
+        """slurmctld stopped for the block, under the cluster lock, and started again however the block ends
+        (a failing or cancelled test must not leave the shared cluster without its controller)."""
+        async with self.cluster_lock():
+            await self.stop()
+            try:
+                yield
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.start()
+
     async def ping_up(self) -> bool:
         result = await trio.run_process(["scontrol", "ping"], env=self.env, capture_stdout=True, capture_stderr=True,
                                         check=False)
