@@ -51,7 +51,18 @@ STAGES: list[Stage] = [
 NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput"})
 
 
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 async def run_stages(ctx: Context, wanted: set[str], errors: dict[str, str]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ctx.watch.run)
+        await _stages(ctx, wanted, errors)
+        nursery.cancel_scope.cancel()
+
+
+async def _stages(ctx: Context, wanted: set[str], errors: dict[str, str]) -> None:
     released = False
     for name, title, real, stage in STAGES:
         if name not in wanted:
@@ -59,7 +70,7 @@ async def run_stages(ctx: Context, wanted: set[str], errors: dict[str, str]) -> 
         if not real and not released:
             released = True
             await ctx.release_cluster()  # the rest needs no real jobs: stop the real daemons, cancel their jobs
-        print(f"\n-- {title} ...", flush=True)
+        print(f"\n-- {title} ... (load average {loadavg():.2f})", flush=True)
         started = time.perf_counter()
         try:
             await stage(ctx)
@@ -189,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     print(f"slurm-downstream benchmarks on {host['nproc']} CPUs ({host['cpu']}), {host['ram_gib']} GiB RAM, "
           f"Debian {host['debian']}, {host['slurm']}, MinJobAge {host['min_job_age']}", flush=True)
+    if loadavg() > 0.5:
+        print(f"note: load average {loadavg():.2f} before starting: other work on this machine makes the figures noisy",
+              flush=True)
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
     ctx = Context(keep=args.keep)
@@ -213,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     headline = summarize(results)
     show("summary against the targets", ["measure", "value", "target", "met"],
          [[h["what"], h["value"], h["target"], _verdict(h["met"])] for h in headline])
+    for what in ctx.disturbed:
+        print(f"!! {what}: slurmctld was down during every attempt; that figure is not the daemon's")
     for title, message in errors.items():
         print(f"!! {title}: {message}")
     document = {
@@ -223,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": headline,
         "benchmarks": results,
         "skipped": skipped,
+        "disturbed": ctx.disturbed,
+        "slurmctld_outages_s": [round(b - a, 1) for a, b in ctx.watch.outages],
         "errors": errors,
     }
     out = Path(args.out)

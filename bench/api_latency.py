@@ -106,7 +106,7 @@ async def measure_once_each(call: Call, count: int, concurrency: int = CONCURREN
             "answer_bytes": None, "reps": [{k: ms(v) if k != "n" else v for k, v in s.items()}]}
 
 
-async def endpoints(live: Live, active: list[JobRef], finished: list[JobRef]) -> dict[str, dict]:
+async def endpoints(ctx: Context, live: Live, active: list[JobRef], finished: list[JobRef]) -> dict[str, dict]:
     """Every read endpoint of the contract, one client at a time and then 8 at once."""
     upstream = live.proc.upstream
     client = live.proc.client
@@ -131,8 +131,11 @@ async def endpoints(live: Live, active: list[JobRef], finished: list[JobRef]) ->
                                           len(finished) - half, CONCURRENCY),
         }
     for name, call in calls.items():
-        results[name] = {"c1": await measure(call, concurrency=1, requests=REQUESTS_SERIAL),
-                         "c8": await measure(call, concurrency=CONCURRENCY)}
+        what = f"{name} with {len(active):,} jobs"
+        results[name] = {
+            "c1": await ctx.undisturbed(what, lambda call=call: measure(call, concurrency=1, requests=REQUESTS_SERIAL)),
+            "c8": await ctx.undisturbed(what, lambda call=call: measure(call, concurrency=CONCURRENCY)),
+        }
     return results
 
 
@@ -165,7 +168,7 @@ async def run(ctx: Context, jobs: int) -> dict:
     tier = {"jobs": len(active), "kind": "real Slurm", "finished_for_exitstatus": len(finished),
             "source": f"{len(active)} real held/pending Slurm jobs on the test cluster, polled over SSH every "
                       f"{live.poll_interval:g}s; {len(finished)} more jobs ran to the end for /exitstatus",
-            "endpoints": await endpoints(live, active, finished)}
+            "endpoints": await endpoints(ctx, live, active, finished)}
     tier["rss_kb"] = live.proc.status()
     return _record(ctx, tier)
 
@@ -190,6 +193,6 @@ async def run_simulated(ctx: Context, jobs: int) -> dict:
                       f"running + {len(all_finished):,} finished jobs, adopted by the real Downstream, served by the real "
                       "create_app on hypercorn; the twin answers without SSH, so /exitstatus (first) has no cluster "
                       "round trip here",
-            "endpoints": await endpoints(live, active, finished)}
+            "endpoints": await endpoints(ctx, live, active, finished)}
     tier["rss_kb"] = live.proc.status()
     return _record(ctx, tier)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
 from bench import api_latency, cluster_load, submit_throughput
+from bench.cluster import Tally
 from bench.context import CONCURRENCY, Context
 from bench.reference import ReferenceDownstream
 from bench.stats import fmt, median_of, ms, show, summary
@@ -69,11 +71,12 @@ async def run(ctx: Context) -> dict:
         raise RuntimeError(f"the reference baseline does not find job {picks[0]}")
     for label, calls, clients in (("1 client", RUNSTATUS_SERIAL, 1), (f"{CONCURRENCY} clients", RUNSTATUS_PARALLEL,
                                                                        CONCURRENCY)):
-        samples, wall = await _timed(calls, clients, lambda i: ref.runstatus(picks[i].name, picks[i].number,
-                                                                              picks[i].jobid))
+        samples, wall = await ctx.undisturbed(f"reference /runstatus, {label}", partial(
+            _timed, calls, clients, lambda i: ref.runstatus(picks[i].name, picks[i].number, picks[i].jobid)))
         s = summary(samples)
-        daemon = await api_latency.measure(lambda i: live.proc.upstream.post("/runstatus", picks[i % len(picks)].args),
-                                           concurrency=clients, requests=api_latency.REQUESTS_SERIAL)
+        daemon = await ctx.undisturbed(f"daemon /runstatus, {label}", partial(
+            api_latency.measure, lambda i: live.proc.upstream.post("/runstatus", picks[i % len(picks)].args),
+            concurrency=clients, requests=api_latency.REQUESTS_SERIAL))
         entry = {"reference_median_ms": ms(s["median"]), "reference_p99_ms": ms(s["p99"]),
                  "reference_per_s": len(samples) / wall, "daemon_median_ms": daemon["median_ms"],
                  "daemon_p99_ms": daemon["p99_ms"], "daemon_per_s": daemon["rps"]}
@@ -88,13 +91,17 @@ async def run(ctx: Context) -> dict:
     # ---- load on the login node under the same upstream
     ref_calls: list[Call] = [ref.queued, ref.running]
     ref_calls += [lambda job=job: ref.runstatus(job.name, job.number, job.jobid) for job in active]
-    mark = sshd.mark()
-    load = await drive(ref_calls, period=LOAD_PERIOD, window=LOAD_WINDOW, concurrency=CONCURRENCY)
-    tally = sshd.tally(mark)
+    async def reference_load() -> tuple[dict, Tally]:
+        mark = sshd.mark()
+        load = await drive(ref_calls, period=LOAD_PERIOD, window=LOAD_WINDOW, concurrency=CONCURRENCY)
+        return load, sshd.tally(mark)
+
+    load, tally = await ctx.undisturbed("reference under upstream load", reference_load)
     daemon_load = next((s for s in ctx.results.get("cluster_load", {}).get("scenarios", [])
                         if s["upstream"]["period_s"] == LOAD_PERIOD and s["jobs"] >= JOBS * 0.9), None)
     if daemon_load is None:
-        daemon_load = await cluster_load.scenario(live, active, LOAD_PERIOD)
+        daemon_load = await ctx.undisturbed("daemon under upstream load", partial(
+            cluster_load.scenario, live, active, LOAD_PERIOD))
     entry = {"jobs": len(active), "upstream": load, "reference_slurm_commands_per_min": tally.per_minute(tally.slurm_commands),
              "reference_ssh_logins_per_min": tally.per_minute(tally.logins),
              "daemon_slurm_commands_per_min": daemon_load["slurm_commands_per_min"],
@@ -122,7 +129,8 @@ async def run(ctx: Context) -> dict:
         async def ref_submit(i: int) -> None:
             ctx.jobids.append(await ref.submit(sbatch_args, script))
 
-        samples, wall = await _timed(calls, clients, ref_submit)
+        samples, wall = await ctx.undisturbed(f"reference submits, {label}", partial(_timed, calls, clients,
+                                                                                    ref_submit))
         per_s = len(samples) / wall
         daemon_per_s = submits.get(daemon_row, {}).get("jobs_per_s", float("nan"))
         result[f"submit {label}"] = {"reference_per_s": per_s, "daemon_per_s": daemon_per_s,

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
 SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
 
@@ -40,6 +42,49 @@ set +f
 printf '%s\t%s\t%s\t%s\n' "$EPOCHREALTIME" "${kinds:-other}" "${2:-?}" "${cmd//[$'\n\t']/ }" >> LOGFILE
 exec bash -c "$cmd"
 """
+
+
+class ControllerWatch:
+    """Whether slurmctld answered during the run: a local ``scontrol ping`` every half second.
+
+    The test cluster is shared: another suite's fault tests may stop slurmctld
+    for a while. A measurement that overlaps such an outage is not a figure of
+    the daemon; the benchmarks measure it again (``Context.undisturbed``).
+    """
+
+    PERIOD = 0.5
+    TIMEOUT = 2.0
+
+    def __init__(self) -> None:
+        self.outages: list[tuple[float, float]] = []  # perf_counter intervals
+        self.down_since: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            up = False
+            with trio.move_on_after(self.TIMEOUT):
+                result = await trio.run_process(["scontrol", "ping"], env=local_env(), capture_stdout=True,
+                                                capture_stderr=True, check=False)
+                up = b"is UP" in result.stdout
+            if not up and self.down_since is None:
+                self.down_since = t0
+            elif up and self.down_since is not None:
+                self.outages.append((self.down_since, time.perf_counter()))
+                self.down_since = None
+            await trio.sleep(self.PERIOD)
+
+    def disturbed(self, start: float, end: float) -> bool:
+        """Was slurmctld down at any moment of [start, end] (one ping period of margin)?"""
+        if self.down_since is not None and self.down_since <= end + self.PERIOD:
+            return True
+        return any(a <= end + self.PERIOD and b >= start - self.PERIOD for a, b in self.outages)
+
+    async def wait_up(self, settle: float = 5.0) -> None:
+        """Until slurmctld answers again, then ``settle`` seconds more for the daemons' next polls."""
+        while self.down_since is not None:
+            await trio.sleep(self.PERIOD)
+        await trio.sleep(settle)
 
 
 class ClusterMissing(RuntimeError):

@@ -44,6 +44,7 @@ async def scenario(live: Live, jobs: list[JobRef], period: float | None, window:
         load = await drive(upstream_calls(live, jobs), period=period, window=window)
     tally = live.sshd.tally(mark)
     kinds = tally.by_kind()
+    polls = [c.at for c in tally.commands if c.kinds == "squeue"]
     return {
         "jobs": len(jobs),
         "poll_interval_s": live.poll_interval,
@@ -53,6 +54,7 @@ async def scenario(live: Live, jobs: list[JobRef], period: float | None, window:
         "by_kind_per_min": {k: tally.per_minute(v) for k, v in sorted(kinds.items())},
         "ssh_logins_per_min": tally.per_minute(tally.logins),
         "daemon_cpu_percent": 100 * (live.proc.cpu_seconds() - cpu) / tally.seconds,
+        "max_poll_gap_s": max((b - a for a, b in zip(polls, polls[1:], strict=False)), default=float("nan")),
     }
 
 
@@ -63,15 +65,16 @@ def print_rows(title: str, rows: list[dict], notes: list[str]) -> None:
         period = "silent" if up["period_s"] is None else f"every {up['period_s']:g}s"
         kinds = ", ".join(f"{k} {v:.0f}" for k, v in r["by_kind_per_min"].items()) or "-"
         table.append([r["jobs"], period, up["demanded_per_s"], up["achieved_per_s"], r["slurm_commands_per_min"],
-                      kinds, r["ssh_logins_per_min"], r.get("daemon_cpu_percent")])
+                      kinds, r["ssh_logins_per_min"], r["daemon_cpu_percent"], r["max_poll_gap_s"]])
     show(title, ["jobs", "upstream polls", "calls/s asked", "calls/s served", "Slurm cmds/min", "by command (/min)",
-                 "SSH logins/min", "daemon CPU %"], table, notes)
+                 "SSH logins/min", "daemon CPU %", "longest poll gap s"], table, notes)
 
 
 async def run(ctx: Context, jobs: int, periods: tuple[float | None, ...] = (5.0,)) -> dict:
     live = await ctx.daemon("main")
     active = await ctx.ensure_active(live, jobs)
-    rows = [await scenario(live, active, period) for period in periods]
+    rows = [await ctx.undisturbed(f"load with {len(active):,} jobs, upstream every {period}s",
+                                  lambda period=period: scenario(live, active, period)) for period in periods]
     result = ctx.results.setdefault("cluster_load", {"scenarios": []})
     result["scenarios"] += rows
     print_rows(f"2. load on the login node, {len(active):,} jobs", rows, [

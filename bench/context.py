@@ -13,17 +13,23 @@ import contextlib
 import itertools
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
-from bench.cluster import CountingSSHD, cancel
+from bench.cluster import ControllerWatch, CountingSSHD, cancel
 from bench.daemon_proc import DaemonProcess, daemon, job_name, submit
 from bench.stats import Stopwatch
 
 CONCURRENCY = 8
+ATTEMPTS = 3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,32 @@ class Context:
         self._daemons: dict[str, Live] = {}
         self._stacks: dict[str, contextlib.AsyncExitStack] = {}
         self._sshds: list[CountingSSHD] = []
+        self.watch = ControllerWatch()  # run by the runner; never reports an outage when not running
+        self.disturbed: list[str] = []  # measurements that met a slurmctld outage on every attempt
+
+    async def undisturbed(self, what: str, measure: Callable[[], Awaitable[T]]) -> T:
+        """``measure()``, again (up to ATTEMPTS times) while slurmctld was down during it.
+
+        A failure during an outage counts as disturbed too; a failure with the
+        controller up is a real failure and is raised.
+        """
+        for attempt in range(1, ATTEMPTS + 1):
+            t0 = time.perf_counter()
+            try:
+                result = await measure()
+            except Exception:
+                if not self.watch.disturbed(t0, time.perf_counter()) or attempt == ATTEMPTS:
+                    raise
+            else:
+                if not self.watch.disturbed(t0, time.perf_counter()):
+                    return result
+                if attempt == ATTEMPTS:
+                    self.disturbed.append(what)
+                    return result
+            print(f"   {what}: slurmctld stopped answering meanwhile (another suite's fault test?); measuring again",
+                  flush=True)
+            await self.watch.wait_up()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ sshds and daemons
     def sshd(self) -> CountingSSHD:

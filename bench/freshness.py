@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 
 import trio
 
@@ -131,7 +132,8 @@ async def measure(ctx: Context, interval: float, seed: int) -> dict:
 async def run(ctx: Context) -> dict:
     if not (STATE / "etc" / "slurm.conf").is_file():
         raise RuntimeError("no local Slurm configuration to watch the cluster with")
-    rows = [await measure(ctx, interval, seed) for seed, interval in enumerate(INTERVALS)]
+    rows = [await ctx.undisturbed(f"freshness at a {interval:g} s poll", partial(measure, ctx, interval, seed))
+            for seed, interval in enumerate(INTERVALS)]
     table = []
     for r in rows:
         for event in ("start", "end", "all"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
+from functools import partial
 from pathlib import Path
 
 import asyncssh
@@ -27,7 +28,7 @@ import trio
 
 from adapters import jobscript
 from bench.cluster import cancel, local_env
-from bench.context import CONCURRENCY, Context
+from bench.context import CONCURRENCY, Context, Live
 from bench.stats import median_of, ms, show, summary
 from config.settings import load
 from daemon.server import script_environment
@@ -94,6 +95,19 @@ async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, 
     return seconds, [line.split(";")[0] for line in done.stdout.decode().split()]
 
 
+async def _daemon_rate(ctx: Context, live: Live, count: int, clients: int) -> dict:
+    """``count`` held /submit calls from ``clients`` clients, with what the daemon ran meanwhile."""
+    mark, cpu = live.sshd.mark(), live.proc.cpu_seconds()
+    started = time.perf_counter()
+    _, seconds = await ctx.submit_many(live, count, tag="s", held=True, concurrency=clients)
+    wall = time.perf_counter() - started
+    s = summary(seconds)
+    kinds = live.sshd.tally(mark).by_kind()
+    return {"jobs": count, "seconds": wall, "jobs_per_s": count / wall, "median_ms": ms(s["median"]),
+            "p99_ms": ms(s["p99"]), "squeue": kinds["squeue"], "sbatch": kinds["sbatch"],
+            "daemon_cpu_ms_per_job": ms((live.proc.cpu_seconds() - cpu) / count)}
+
+
 async def run(ctx: Context) -> dict:
     live = await ctx.daemon("main")
     raw_sshd = ctx.sshd()
@@ -101,10 +115,12 @@ async def run(ctx: Context) -> dict:
     rows: dict[str, dict] = {}
 
     async def raw(label: str, runner: str, count: int, parallel: int) -> None:
-        if runner == "ssh":
-            seconds, ids = await trio.to_thread.run_sync(_raw_ssh, raw_sshd.env(), count, parallel, name)
-        else:
-            seconds, ids = await _raw_local(raw_sshd.env(), count, parallel, name, ctx.work)
+        async def once() -> tuple[float, list[str]]:
+            if runner == "ssh":
+                return await trio.to_thread.run_sync(_raw_ssh, raw_sshd.env(), count, parallel, name)
+            return await _raw_local(raw_sshd.env(), count, parallel, name, ctx.work)
+
+        seconds, ids = await ctx.undisturbed(label, once)
         ctx.jobids.extend(ids)
         await trio.to_thread.run_sync(cancel, ids)
         rows[label] = {"jobs": count, "seconds": seconds, "jobs_per_s": count / seconds}
@@ -119,15 +135,7 @@ async def run(ctx: Context) -> dict:
                                   (f"daemon /submit, {CONCURRENCY} clients", None, CONCURRENCY)):
         if count is None:
             count = max(CONCURRENCY * 20, DAEMON_TOTAL - len(await ctx.active(live)))
-        mark, cpu = live.sshd.mark(), live.proc.cpu_seconds()
-        started = time.perf_counter()
-        _, seconds = await ctx.submit_many(live, count, tag="s", held=True, concurrency=clients)
-        wall = time.perf_counter() - started
-        s = summary(seconds)
-        kinds = live.sshd.tally(mark).by_kind()
-        rows[label] = {"jobs": count, "seconds": wall, "jobs_per_s": count / wall,
-                       "median_ms": ms(s["median"]), "p99_ms": ms(s["p99"]), "squeue": kinds["squeue"],
-                       "sbatch": kinds["sbatch"], "daemon_cpu_ms_per_job": ms((live.proc.cpu_seconds() - cpu) / count)}
+        rows[label] = await ctx.undisturbed(label, partial(_daemon_rate, ctx, live, count, clients))
 
     # the same raw sequence once more, now that Slurm holds as many jobs as during the daemon's run
     await raw(f"raw sbatch, one SSH connection, {CONCURRENCY} parallel (after)", "ssh", RAW_PARALLEL, CONCURRENCY)
