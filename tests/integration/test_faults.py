@@ -15,8 +15,9 @@ runs as ``slurm-downstream serve`` and is SIGKILLed. Each test checks what upstr
 
 The shared sshd on port 2222 is never touched: SSH faults hit a private sshd set up like it
 (same host key, same user). slurmctld is shared: it is held down only until the daemon's
-snapshot has gone stale (about 10 s), under the cluster lock so that a concurrent
-``tests/cluster/up`` waits instead of rebuilding the cluster.
+snapshot has gone stale (about 10 s; 12 s at most), under the cluster lock so that a concurrent
+``tests/cluster/up`` waits instead of rebuilding the cluster, and it is started again however
+the test ends.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,12 +157,13 @@ async def wait_where(up: Upstream, jobs: list[Tracked], phase_: str, timeout: fl
                 await trio.sleep(0.1)
 
 
-async def first_ok(fetch: object, timeout: float, interval: float = 0.05) -> tuple[float, httpx.Response]:
+async def first_ok(fetch: Callable[[], Awaitable[httpx.Response]], timeout: float,
+                   interval: float = 0.05) -> tuple[float, httpx.Response]:
     """Ask until the answer is 200; return when that was (trio time) and the answer."""
     with trio.fail_after(timeout):
         while True:
             try:
-                response = await fetch()  # type: ignore[operator]
+                response = await fetch()
             except httpx.TransportError:  # not listening yet
                 response = None
             if response is not None and response.status_code == 200:
@@ -415,7 +417,6 @@ async def ssh_fault() -> AsyncIterator[SSHFault]:
     """A private sshd (another port, the test cluster's config) whose sessions find a SlowSbatch first."""
     with wrapper_dir() as wrappers:
         sshd = PrivateSSHD(STATE, wrappers / "sshd", path_prefix=wrappers)
-        (wrappers / "sshd").chmod(0o755)
         sbatch = SlowSbatch(wrappers)
         await sshd.start()
         try:
@@ -448,7 +449,7 @@ async def http(url: str) -> AsyncIterator[Upstream]:
 
 
 @pytest.fixture
-async def daemon_processes(tmp_path: Path) -> AsyncIterator[list[DaemonProcess]]:
+async def daemon_processes() -> AsyncIterator[list[DaemonProcess]]:
     """Daemons started by a test as real processes; whatever still runs is killed afterwards."""
     started: list[DaemonProcess] = []
     yield started
@@ -501,11 +502,13 @@ async def test_sshd_killed_mid_run_and_started_again(nursery: trio.Nursery, ssh_
             assert await up.call("/terminate", long.ids) is True
             lost, duplicated, details = await settle_accounts(up, [long, held, short, later])
             short_answer = await up.call("/exitstatus", short.ids)
-            reconnected = [r.message for r in caplog.records if "re-established" in r.message]
+            reconnected = [r.getMessage() for r in caplog.records if "re-established" in r.getMessage()]
+            attempts = re.search(r"after (\d+) failed attempt", reconnected[-1]) if reconnected else None
 
             record("sshd killed and restarted", processes_killed=len(killed), outage_s=ended - injected,
                    stale_after_s=probe.stale_at - injected, recovery_s=recovered_at - ended,
                    consistent_after_s=consistent, jobs=4, jobs_lost=lost, jobs_duplicated=duplicated,
+                   failed_connects=int(attempts.group(1)) if attempts else None,
                    actions_during_outage=actions.statuses(), logins=sshd.logins(), answers=dict(probe.answers),
                    timeline=probe.relative(injected), violations=probe.violations + misanswered)
             assert (lost, duplicated) == (0, 0), details

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,12 +90,12 @@ def kill_tree(pid: int) -> list[int]:
     return killed
 
 
-async def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> float:
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
     """Poll ``predicate()`` until true; return how long it took (raise TooSlowError naming ``what``)."""
     start = trio.current_time()
     with trio.move_on_after(timeout):
         while True:
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return trio.current_time() - start
             await trio.sleep(interval)
     raise trio.TooSlowError(f"{what}: not within {timeout:g}s")
