@@ -166,12 +166,21 @@ class KubernetesProxies:
         self.refresh_interval = refresh_interval
         self._status: dict[str, ProxyStatus] = {}
         self._started_at: dict[str, float] = {}  # trio time each start() finished: a list begun earlier may miss it
+        self._refused: set[str] = set()  # the API refused part of the start: FAILED until the next start or stop
         self._locks: dict[str, trio.Lock] = {}
 
     @classmethod
-    def from_settings(cls, kube: KubeClient, settings: Settings, **kwargs: Any) -> KubernetesProxies:
-        refresh = kwargs.pop("refresh_interval", 3.0)
-        return cls(kube, spec_from_settings(settings, **kwargs), refresh_interval=refresh)
+    def from_settings(
+        cls,
+        kube: KubeClient,
+        settings: Settings,
+        *,
+        instance: str = "",
+        image_pull_secrets: tuple[str, ...] = (),
+        refresh_interval: float = 3.0,
+    ) -> KubernetesProxies:
+        spec = spec_from_settings(settings, instance=instance, image_pull_secrets=image_pull_secrets)
+        return cls(kube, spec, refresh_interval=refresh_interval)
 
     def url(self, key: str) -> str:
         return self.spec.domain.url_for(key)
@@ -200,7 +209,9 @@ class KubernetesProxies:
             except KubeApiError as exc:
                 log.error("proxy for job %s: %s", key, exc)
                 status = ProxyStatus(ProxyState.FAILED, error=str(exc))
+                self._refused.add(key)
             else:
+                self._refused.discard(key)
                 current = self._status.get(key)
                 status = current if current and current.state is not ProxyState.FAILED else ProxyStatus(ProxyState.STARTING)
                 log.info("proxy for job %s: %s -> %s at %s", key, objects.object_name(key),
@@ -244,6 +255,7 @@ class KubernetesProxies:
                     pass
             self._status.pop(key, None)
             self._started_at.pop(key, None)
+            self._refused.discard(key)
             log.info("proxy for job %s: stopped", key)
         if not lock.locked():  # trio hands a released lock straight to a waiter: locked() means one is queued
             self._locks.pop(key, None)
@@ -276,12 +288,12 @@ class KubernetesProxies:
         seen = set()
         for deployment in deployments:
             key = ((deployment.get("metadata") or {}).get("labels") or {}).get(objects.LABEL_NUMBER, "")
-            if not key or self._busy(key):
-                continue  # a start or stop is under way; it sets the status itself
+            if not key or self._busy(key) or key in self._refused:
+                continue  # a start or stop is under way and sets the status itself, or a refusal must stay visible
             seen.add(key)
             self._status[key] = proxy_status(deployment, pods_by_key.get(key, []), self.url(key))
         for key in set(self._status) - seen:
-            if self._busy(key):
+            if self._busy(key) or key in self._refused:
                 continue
             if key not in self._started_at:
                 del self._status[key]  # known only from an earlier listing; nobody asked for it here

@@ -392,6 +392,15 @@ async def test_an_api_refusal_is_a_failed_status_naming_it(api: KubeAPIStandIn, 
     assert status.state is ProxyState.FAILED
     assert "403" in status.error and 'cannot create resource "ingresses"' in status.error
     assert proxies.status("1234") == status
+    # its Deployment was made and its pod gets ready, but without an Ingress no user can reach it: still FAILED
+    api.rollout(NS, NAME)
+    await proxies.refresh()
+    assert proxies.status("1234") == status
+    api.forbidden.clear()  # the operator fixed the Role; the daemon's next start succeeds
+    again = await proxies.start(TARGET)
+    assert again.state is ProxyState.STARTING
+    await proxies.refresh()
+    assert proxies.status("1234").state is ProxyState.SERVING  # type: ignore[union-attr]
 
 
 async def test_a_job_number_that_cannot_name_objects_is_refused(proxies: KubernetesProxies, api: KubeAPIStandIn) -> None:
