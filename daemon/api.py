@@ -88,6 +88,8 @@ def _qs(args: Mapping[str, object]) -> dict[str, list]:
 def _first(qs: Mapping[str, list], key: str, default: str) -> str:
     """The first value of ``qs[key]``, as ``parse_qs`` gives it: a string (numbers and booleans are tolerated)."""
     value = (qs.get(key) or [default])[0]
+    if value is None:
+        return default
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str | int | float):
@@ -106,6 +108,9 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
     app = QuartTrio("slurm_downstream")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["PROPAGATE_EXCEPTIONS"] = False
+    # No 308 to a merged path: /request//1/2/tail is a request with an empty name (400),
+    # not a redirect to the job path /request/1/2/tail with an HTML body.
+    app.url_map.merge_slashes = False
 
     @app.before_request
     async def authenticate() -> Response | None:
