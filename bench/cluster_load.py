@@ -16,7 +16,7 @@ from bench.context import Context, JobRef, Live
 from bench.stats import show
 from bench.upstream_load import Call, drive
 
-WINDOW = 15.0  # seconds per scenario
+WINDOW = 12.0  # seconds per scenario (six polls at the default interval)
 
 
 def upstream_calls(live: Live, jobs: list[JobRef]) -> list[Call]:

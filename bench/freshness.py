@@ -28,7 +28,7 @@ from bench.context import Context, Live
 from bench.daemon_proc import job_name, submit
 from bench.stats import median_of, ms, show, summary
 
-JOBS = 16
+JOBS = 14
 STAGGER = 0.6  # mean seconds between releases
 WATCH_PAUSE = 0.015  # between two calls of a watcher, to leave the CPUs to the daemon
 INTERVALS = (2.0, 0.5)
