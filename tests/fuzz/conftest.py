@@ -18,9 +18,10 @@ from functools import partial
 import httpx
 import pytest
 import trio
+from quart_trio import QuartTrio
 
 from config.settings import Settings
-from daemon.server import serve
+from daemon import server
 from tests.fuzz.strategies import Call, canaries
 from tests.integration.conftest import settings
 
@@ -28,11 +29,12 @@ pytestmark = pytest.mark.cluster
 
 
 class LiveDaemon:
-    """A running daemon: its URL, its settings, and a client authenticated as upstream."""
+    """A running daemon: its URL, settings, the Quart app it serves, and a client authenticated as upstream."""
 
-    def __init__(self, url: str, settings: Settings, client: httpx.Client) -> None:
+    def __init__(self, url: str, settings: Settings, app: QuartTrio, client: httpx.Client) -> None:
         self.url = url
         self.settings = settings
+        self.app = app
         self.client = client
 
     def __repr__(self) -> str:
@@ -48,7 +50,7 @@ def daemon_thread(conf: Settings) -> Iterator[LiveDaemon]:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, conf, "127.0.0.1", 0, handle_signals=False))
+            binds = await nursery.start(partial(server.serve, conf, "127.0.0.1", 0, handle_signals=False))
             started.put((binds[0], trio.lowlevel.current_trio_token(), nursery.cancel_scope))
 
     def run() -> None:
@@ -57,9 +59,18 @@ def daemon_thread(conf: Settings) -> Iterator[LiveDaemon]:
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             started.put(exc)
 
+    apps: list[QuartTrio] = []
+    real_create_app = server.create_app
+
+    def recording_create_app(*args: object, **kwargs: object) -> QuartTrio:
+        apps.append(real_create_app(*args, **kwargs))  # type: ignore[arg-type]
+        return apps[-1]
+
     thread = threading.Thread(target=run, name="daemon-under-test", daemon=True)
-    thread.start()
-    got = started.get(timeout=60)
+    with pytest.MonkeyPatch.context() as patch:  # record the app serve() builds, to enumerate its routes
+        patch.setattr(server, "create_app", recording_create_app)
+        thread.start()
+        got = started.get(timeout=60)
     if isinstance(got, BaseException):
         raise got
     url, token, scope = got
@@ -72,7 +83,7 @@ def daemon_thread(conf: Settings) -> Iterator[LiveDaemon]:
                 threading.Event().wait(0.1)
             else:
                 pytest.fail("the daemon did not get ready in 30 s")
-            yield LiveDaemon(url, conf, client)
+            yield LiveDaemon(url, conf, apps[-1], client)
     finally:
         trio.from_thread.run_sync(scope.cancel, trio_token=token)
         thread.join(timeout=30)

@@ -1,7 +1,7 @@
 """Authentication of the upstream API, on the real daemon: every endpoint but the probes wants the server key.
 
 The endpoints are enumerated from the url_map of the very app the daemon serves
-(captured when daemon.server builds it), so an endpoint added later, such as an
+(recorded when daemon.server builds it, tests/fuzz/conftest.py), so an endpoint added later, such as an
 admin blueprint, is covered without touching this file.
 """
 
@@ -10,39 +10,21 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from quart_trio import QuartTrio
 
-from daemon import api, server
-from tests.fuzz.conftest import LiveDaemon, daemon_thread
+from daemon import api
+from tests.fuzz.conftest import LiveDaemon
 from tests.fuzz.strategies import BASE_FIELDS, render_script, submit_args
-from tests.integration.conftest import settings, slurm, unique_name
+from tests.integration.conftest import slurm, unique_name
 
 pytestmark = pytest.mark.cluster
 
 # Values for the variable parts of routes: a job-scoped request, or any word.
 SAMPLE_ARGS = {"path": "20261123-x-alice_auth/1/900000001/ping"}
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[LiveDaemon, QuartTrio]]:
-    """The daemon, and the Quart app it serves (recorded as serve() creates it)."""
-    apps: list[QuartTrio] = []
-    real = server.create_app
-
-    def recording_create_app(*args: object, **kwargs: object) -> QuartTrio:
-        apps.append(real(*args, **kwargs))  # type: ignore[arg-type]
-        return apps[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server, "create_app", recording_create_app)
-        with daemon_thread(settings()) as daemon:
-            assert len(apps) == 1
-            yield daemon, apps[0]
 
 
 def endpoints(app: QuartTrio) -> list[tuple[str, str]]:
@@ -92,9 +74,9 @@ def bad_headers(server_key: str) -> dict[str, object]:
     }
 
 
-def test_the_route_list_is_complete(served: tuple[LiveDaemon, QuartTrio]) -> None:
+def test_the_route_list_is_complete(live_daemon: LiveDaemon) -> None:
     """The enumeration sees the contract's endpoints (else the tests below would prove little)."""
-    _, app = served
+    app = live_daemon.app
     paths = {url for _, url in endpoints(app)}
     for path in ("/live", "/ready", "/gc", "/nodes", "/queued", "/running", "/submit", "/online", "/runstatus",
                  "/exitstatus", "/terminate", "/release", "/events"):
@@ -104,8 +86,8 @@ def test_the_route_list_is_complete(served: tuple[LiveDaemon, QuartTrio]) -> Non
 
 
 @pytest.mark.parametrize("variant", sorted(bad_headers("u:p")))
-def test_every_protected_endpoint_refuses_bad_credentials(served: tuple[LiveDaemon, QuartTrio], variant: str) -> None:
-    daemon, app = served
+def test_every_protected_endpoint_refuses_bad_credentials(live_daemon: LiveDaemon, variant: str) -> None:
+    daemon, app = live_daemon, live_daemon.app
     header = bad_headers(daemon.settings.server_key)[variant]
     headers = {} if header is None else {"Authorization": header}
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
@@ -118,9 +100,9 @@ def test_every_protected_endpoint_refuses_bad_credentials(served: tuple[LiveDaem
             assert response.headers["WWW-Authenticate"].startswith("Basic"), where
 
 
-def test_right_credentials_pass_on_every_endpoint(served: tuple[LiveDaemon, QuartTrio]) -> None:
+def test_right_credentials_pass_on_every_endpoint(live_daemon: LiveDaemon) -> None:
     """The control: with the server key no endpoint answers 401 (some answer 400 to empty args)."""
-    daemon, app = served
+    daemon, app = live_daemon, live_daemon.app
     for method, url in endpoints(app):
         response = daemon.client.request(method, url, data={"args": "{}"} if method == "POST" else None)
         assert response.status_code != 401, f"{method} {url}: {response.text[:200]}"
@@ -128,8 +110,8 @@ def test_right_credentials_pass_on_every_endpoint(served: tuple[LiveDaemon, Quar
 
 
 @pytest.mark.parametrize("variant", ["missing", "wrong password", "not base64"])
-def test_probes_answer_without_credentials(served: tuple[LiveDaemon, QuartTrio], variant: str) -> None:
-    daemon, _ = served
+def test_probes_answer_without_credentials(live_daemon: LiveDaemon, variant: str) -> None:
+    daemon = live_daemon
     header = bad_headers(daemon.settings.server_key)[variant]
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
         for path in sorted(api.PROBES):
@@ -138,11 +120,11 @@ def test_probes_answer_without_credentials(served: tuple[LiveDaemon, QuartTrio],
             assert response.json()["status"] == "OK"
 
 
-def test_credentials_are_compared_whole_and_in_constant_time(served: tuple[LiveDaemon, QuartTrio],
+def test_credentials_are_compared_whole_and_in_constant_time(live_daemon: LiveDaemon,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Every protected request makes exactly one hmac.compare_digest of the whole decoded credential
     against the whole server key: no early exit on a missing header, no separate user check."""
-    daemon, _ = served
+    daemon = live_daemon
     key = daemon.settings.server_key.encode()
     calls: list[tuple[bytes, bytes]] = []
 
@@ -170,10 +152,10 @@ def test_credentials_are_compared_whole_and_in_constant_time(served: tuple[LiveD
         assert calls == []  # probes do not look at credentials
 
 
-def test_a_refused_upload_does_not_stall_the_connection(served: tuple[LiveDaemon, QuartTrio]) -> None:
+def test_a_refused_upload_does_not_stall_the_connection(live_daemon: LiveDaemon) -> None:
     """A 401 (or 413) answered before the body was read must not leave the keep-alive connection
     holding the unread body: the client's next request on it would hang."""
-    daemon, _ = served
+    daemon = live_daemon
     user, password = daemon.settings.server_key.split(":", 1)
     with httpx.Client(base_url=daemon.url, timeout=5) as client:
         for size in (1 << 20, api.MAX_BODY + 1):
@@ -185,9 +167,9 @@ def test_a_refused_upload_does_not_stall_the_connection(served: tuple[LiveDaemon
         assert client.get("/nodes", auth=(user, password)).json() is True
 
 
-def test_bad_credentials_never_reach_the_handlers(served: tuple[LiveDaemon, QuartTrio]) -> None:
+def test_bad_credentials_never_reach_the_handlers(live_daemon: LiveDaemon) -> None:
     """An unauthenticated /submit with a valid job submits nothing."""
-    daemon, _ = served
+    daemon = live_daemon
     name = unique_name("auth")
     args = submit_args(name, render_script(dict(BASE_FIELDS)))
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
