@@ -51,8 +51,9 @@ async def _timed(calls: int, concurrency: int, call: Callable[[int], Awaitable[o
     return samples, time.perf_counter() - started
 
 
-def _ratio(reference: float, daemon: float) -> float:
-    return reference / daemon if daemon else float("nan")
+def _ratio(numerator: float, denominator: float) -> float:
+    """How many times better the daemon is: reference/daemon for costs, daemon/reference for rates."""
+    return numerator / denominator if denominator else float("nan")
 
 
 async def run(ctx: Context) -> dict:
@@ -86,7 +87,7 @@ async def run(ctx: Context) -> dict:
                  [f"/runstatus p99 ms, {label}", entry["reference_p99_ms"], entry["daemon_p99_ms"],
                   _ratio(entry["reference_p99_ms"], entry["daemon_p99_ms"])],
                  [f"/runstatus calls/s, {label}", entry["reference_per_s"], entry["daemon_per_s"],
-                  _ratio(entry["reference_per_s"], entry["daemon_per_s"])]]
+                  _ratio(entry["daemon_per_s"], entry["reference_per_s"])]]
 
     # ---- load on the login node under the same upstream
     ref_calls: list[Call] = [ref.queued, ref.running]
@@ -115,7 +116,7 @@ async def run(ctx: Context) -> dict:
               None],
              ["upstream calls/s served (asked: " + fmt(load["demanded_per_s"]) + ")", load["achieved_per_s"],
               daemon_load["upstream"]["achieved_per_s"],
-              _ratio(load["achieved_per_s"], daemon_load["upstream"]["achieved_per_s"])],
+              _ratio(daemon_load["upstream"]["achieved_per_s"], load["achieved_per_s"])],
              ["/runstatus p99 ms as upstream sees it (incl. waiting)", load["response_p99_ms"],
               daemon_load["upstream"]["response_p99_ms"],
               _ratio(load["response_p99_ms"], daemon_load["upstream"]["response_p99_ms"])]]
@@ -135,10 +136,10 @@ async def run(ctx: Context) -> dict:
         daemon_per_s = submits.get(daemon_row, {}).get("jobs_per_s", float("nan"))
         result[f"submit {label}"] = {"reference_per_s": per_s, "daemon_per_s": daemon_per_s,
                                      "reference_median_ms": ms(median_of(samples))}
-        rows.append([f"submits/s, {label}", per_s, daemon_per_s, _ratio(per_s, daemon_per_s)])
+        rows.append([f"submits/s, {label}", per_s, daemon_per_s, _ratio(daemon_per_s, per_s)])
 
     show("7. the reference downstream's way vs the daemon (same cluster, same run)",
-         ["measure", "reference way", "daemon", "reference / daemon"], rows, [
+         ["measure", "reference way", "daemon", "daemon better by (x)"], rows, [
              "reference way: a new SSH connection (ssh binary) and one Slurm command per upstream call, "
              "squeue -j per /runstatus (bench/reference.py, written from design.md)",
              f"/runstatus: {len(active):,} real held jobs; load: upstream asks /queued, /running and every job's "
