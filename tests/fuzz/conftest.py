@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -23,7 +24,7 @@ from quart_trio import QuartTrio
 from config.settings import Settings
 from daemon import server
 from tests.fuzz.strategies import Call, canaries
-from tests.integration.conftest import settings
+from tests.integration.conftest import settings, slurm
 
 pytestmark = pytest.mark.cluster
 
@@ -87,6 +88,31 @@ def daemon_thread(conf: Settings) -> Iterator[LiveDaemon]:
     finally:
         trio.from_thread.run_sync(scope.cancel, trio_token=token)
         thread.join(timeout=30)
+
+
+def listed(client: httpx.Client) -> set[str]:
+    """Names the daemon reports as queued or running."""
+    names = set()
+    for path in ("/queued", "/running"):
+        response = client.get(path)
+        assert response.status_code == 200, response.text
+        names |= {name for name, _ in response.json()}
+    return names
+
+
+def slurm_job_names() -> list[str]:
+    """Every job name the cluster knows (all users, all states), asked as root."""
+    result = slurm("squeue", "-h", "-t", "all", "-o", "%j")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def wait_gone(client: httpx.Client, name: str, timeout: float = 90) -> None:
+    """Until the daemon no longer lists the job as queued or running."""
+    deadline = time.monotonic() + timeout
+    while name in listed(client):
+        assert time.monotonic() < deadline, f"job {name} still listed after {timeout}s"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

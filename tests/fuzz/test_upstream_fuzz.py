@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.conftest import LiveDaemon, check_answer, post_args, send
+from tests.fuzz.conftest import LiveDaemon, check_answer, listed, post_args, send, slurm_job_names, wait_gone
 from tests.fuzz.strategies import (
     HostileJob,
     canaries,
@@ -35,36 +33,11 @@ from tests.fuzz.strategies import (
     pvcls_calls,
     submit_args,
 )
-from tests.integration.conftest import slurm, unique_name
+from tests.integration.conftest import unique_name
 
 pytestmark = pytest.mark.cluster
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
-
-
-def listed(client: httpx.Client) -> set[str]:
-    """Names the daemon reports as queued or running."""
-    names = set()
-    for path in ("/queued", "/running"):
-        response = client.get(path)
-        assert response.status_code == 200, response.text
-        names |= {name for name, _ in response.json()}
-    return names
-
-
-def slurm_job_names() -> list[str]:
-    """Every job name the cluster knows (all users, all states), asked as root."""
-    result = slurm("squeue", "-h", "-t", "all", "-o", "%j")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
-
-
-def wait_gone(client: httpx.Client, name: str, timeout: float = 90) -> None:
-    """Until the daemon no longer lists the job as queued or running."""
-    deadline = time.monotonic() + timeout
-    while name in listed(client):
-        assert time.monotonic() < deadline, f"job {name} still listed after {timeout}s"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
