@@ -251,7 +251,7 @@ def script_field_mutations() -> st.SearchStrategy[tuple[str, str | None, tuple[s
         _field("JOBOBJ_DEVICES", inj | st.sampled_from(["[exclusive", "[1]", '"x"', "[[\"x\"]]", '{"a": [1]}']) | deep_json(
             50, 3000), "JOBOBJ_DEVICES"),
         _field("JOBOBJ_CTRSECRET", inj | st.sampled_from(["abc", b64("not json"), b64('{"auths": {"r": {}}}'),
-                                                          b64('{"auths": []}'), b64("[1]")])),
+                                                          b64('{"auths": {"r": []}}'), b64("[1]")])),
         _device(st.sampled_from(["gpu_type=a100", "$(touch x)=1", "sbatchqos=1"]), "unknown (pseudo)device"),
         _device(st.sampled_from(["noequals", "=x", " = "]), "malformed"),
         _device(inj.map(lambda v: "partition=" + v) | st.sampled_from(["partition=a b", "partition=", "partition=" + "p" * 65]),

@@ -54,7 +54,7 @@ def pvcls_root() -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ invalid input
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_invalid_submit_is_refused_by_name_and_submits_nothing(live_daemon: LiveDaemon, data: st.DataObject) -> None:
     client = live_daemon.client
@@ -67,20 +67,20 @@ def test_invalid_submit_is_refused_by_name_and_submits_nothing(live_daemon: Live
         assert f"jarvice_{call.name}" not in slurm_job_names(), f"a job was submitted for {call.note}"
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(call=job_calls())
 def test_job_requests_with_hostile_identities(live_daemon: LiveDaemon, call) -> None:
     check_answer(call, send(live_daemon.client, call))
 
 
-@settings(FUZZ, max_examples=50)
+@settings(FUZZ, max_examples=100)
 @given(data=st.data())
 def test_pvcls_with_hostile_paths(live_daemon: LiveDaemon, pvcls_root: str, data: st.DataObject) -> None:
     call = data.draw(pvcls_calls(pvcls_root))
     check_answer(call, send(live_daemon.client, call))
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=200)
 @given(call=other_calls())
 def test_other_endpoints_methods_paths_and_raw_bodies(live_daemon: LiveDaemon, call) -> None:
     check_answer(call, send(live_daemon.client, call))
@@ -98,7 +98,7 @@ def read_values(output: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in output.splitlines() if line.split("=", 1)[0] in ("cmd", "image", "user"))
 
 
-@settings(FUZZ, max_examples=5)
+@settings(FUZZ, max_examples=6)
 @given(job=hostile_jobs())
 def test_injections_in_a_valid_submission_reach_the_job_as_data(live_daemon: LiveDaemon, job: HostileJob) -> None:
     client = live_daemon.client
