@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, message in errors.items():
         print(f"!! {title}: {message}")
     document = {
-        "command": "make bench  (python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]) + ")",
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]) + "  (make bench runs it)",
         "started_at": started_at,
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": host,

@@ -119,6 +119,18 @@ def cancel(jobids: list[str]) -> None:
         slurm("scancel", *jobids[i:i + 500])
 
 
+def cancel_run(tag: str) -> int:
+    """Cancel every unfinished job whose name carries the run's tag, whoever submitted it.
+
+    Job ids are not enough: an attempt measured again after an outage, or an
+    sbatch whose answer was lost, leaves jobs nobody got an id for.
+    """
+    listing = slurm("squeue", "-h", "-t", "PD,R,CG,S,CF", "-o", "%A %j").stdout
+    ours = [jobid for jobid, _, name in (line.partition(" ") for line in listing.splitlines()) if tag in name]
+    cancel(ours)
+    return len(ours)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

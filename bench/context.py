@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from bench.cluster import ControllerWatch, CountingSSHD, cancel
+from bench.cluster import ControllerWatch, CountingSSHD, cancel, cancel_run
 from bench.daemon_proc import DaemonProcess, daemon, job_name, submit
 from bench.stats import Stopwatch
 
@@ -57,6 +57,7 @@ class Live:
 class Context:
     def __init__(self, *, keep: bool = False) -> None:
         self.run = uuid.uuid4().hex[:6]
+        self.tag = f"_{self.run}"  # in every job name of this run (upstream names and raw sbatch names)
         self.work = Path(tempfile.mkdtemp(prefix="slurm-downstream-bench-run."))
         self.keep = keep
         self.results: dict[str, dict] = {}
@@ -127,6 +128,7 @@ class Context:
         jobids, self.jobids = self.jobids, []
         if jobids:
             await trio.to_thread.run_sync(cancel, jobids)
+        await trio.to_thread.run_sync(cancel_run, self.tag)
 
     async def aclose(self, failed: bool) -> None:
         with trio.CancelScope(shield=True):
@@ -136,6 +138,7 @@ class Context:
                 sshd.__exit__()
             if self.jobids:
                 await trio.to_thread.run_sync(cancel, self.jobids)
+            await trio.to_thread.run_sync(cancel_run, self.tag)
         if self.keep or failed:
             print(f"\nlogs kept in {self.work} and {', '.join(str(s.dir) for s in self._sshds)}")
             return
