@@ -233,7 +233,9 @@ def _print(r: dict) -> None:
           for mode in lat],
          [f"keepalive: {KEEPALIVE_REQUESTS} requests on one connection; new-connection: {NEW_CONNECTION_REQUESTS} "
           "requests, each on a new TCP connection (for proxy and ssh -L: a new SSH channel, sshd connects to the node)",
-          "added = path minus direct"])
+          "added = path minus direct",
+          "ssh -N -L leaves Nagle on (OpenSSH sets TCP_NODELAY only for interactive sessions): small request/answer "
+          "pairs through it can wait for a delayed ACK (~40 ms); asyncssh sets TCP_NODELAY"])
 
 
 def run() -> dict:
