@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -31,7 +33,7 @@ from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
 from daemon.server import open_ssh, ssh_target
-from tests.integration.conftest import STATE, settings, slurm
+from tests.integration.conftest import STATE, cluster_env, settings, slurm
 from tests.support import webjob
 
 MiB = 2**20
@@ -429,3 +431,71 @@ async def test_a_broken_ssh_path_closes_user_connections_cleanly_and_the_next_on
     assert lost and "closed the connection from" in lost[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a broken path"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ------------------------------------------------------------------ the proxy pod's command
+# what ``slurm-downstream proxy`` runs (the lead wires daemon.proxy_cmd into daemon/cli.py)
+PROXY_CMD = ("import argparse, os, sys\nfrom daemon import proxy_cmd\np = argparse.ArgumentParser()\n"
+             "proxy_cmd.add_arguments(p)\nsys.exit(proxy_cmd.main(p.parse_args(sys.argv[1:]), os.environ))")
+
+
+def pod_env() -> dict[str, str]:
+    """What a proxy pod gets: the SSH variables (the key from a Secret), none of the daemon-only ones."""
+    env = {k: v for k, v in cluster_env().items() if k.startswith("JARVICE_SLURM_") and k != "JARVICE_SLURM_SCRATCH_DIR"}
+    return env | {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+
+
+async def test_the_proxy_command_carries_a_job_like_a_pod_would(start_job, tmp_path: Path) -> None:
+    job = await start_job()
+    port = free_port()
+    errors = (tmp_path / "stderr").open("w")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", PROXY_CMD, "--listen", f"127.0.0.1:{port}", "--target", f"{job.host}:{job.port}",
+         "--key", "501"], env=pod_env(), stderr=errors, stdout=errors)
+    try:
+        expected = f"Started proxy to {job.host}:{job.port} via SSH 127.0.0.1:{cluster_env()['JARVICE_SLURM_CLUSTER_PORT']}"
+        with trio.fail_after(30):
+            while expected not in (tmp_path / "stderr").read_text():
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()
+                await trio.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/"
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert f"job {job.id}<" in (await client.get(url)).text
+        await echo(ws_url(url), os.urandom(MiB))
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await proc.wait()
+        errors.close()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    log = (tmp_path / "stderr").read_text()
+    assert "reachable through the login node" in log and "Traceback" not in log
+
+
+def test_the_proxy_command_names_what_is_missing() -> None:
+    env = pod_env()
+    del env["JARVICE_SLURM_CLUSTER_ADDR"]
+    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7:8000"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "JARVICE_SLURM_CLUSTER_ADDR: is required" in run.stderr
+    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7"], env=pod_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "expected HOST:PORT" in run.stderr
+    env = pod_env() | {"JARVICE_SLURM_SSH_PKEY": "bm90IGEga2V5"}
+    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7:8000"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "JARVICE_SLURM_SSH_PKEY" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_proxy_command_exits_1_when_its_port_is_taken() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--listen", f"127.0.0.1:{taken}", "--target",
+                              "10.0.0.7:8000"], env=pod_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "not started" in run.stderr and "Traceback" not in run.stderr
