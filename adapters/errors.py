@@ -21,6 +21,14 @@ class ClusterUnavailable(DownstreamError):
     """The cluster could not be asked (SSH down, timeout, backoff). Transient by nature."""
 
 
+class SlurmUnreachable(ClusterUnavailable):
+    """A Slurm command ran on the login node but could not talk to slurmctld: nothing is known.
+
+    For ``sbatch`` it is not even known whether the job was created (a timed-out
+    RPC may have been applied), so callers treat it like a lost answer.
+    """
+
+
 class HostKeyRejected(ClusterUnavailable):
     """The login node's host key is unknown or changed; no command is ever sent."""
 

@@ -76,6 +76,8 @@ class Downstream:
     command_timeout: float = 30.0  # how long an sbatch whose answer was lost may still take effect
     journal: Journal = field(default_factory=Journal)
     wall: Callable[[], float] = time.time  # for the journal and the state history
+    clock: Callable[[], float] = trio.current_time  # for staleness and ordering; the property tests drive it
+    staleness: float = 0.0  # answers need a poll younger than this; 0: max(3 x poll interval, 10 s)
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
@@ -96,11 +98,11 @@ class Downstream:
         return self.status.polls > 0
 
     def stale_after(self) -> float:
-        return max(3 * self.poll_interval, 10.0)
+        return self.staleness or max(3 * self.poll_interval, 10.0)
 
     def require_fresh(self) -> None:
         """Answers from a snapshot the cluster has not confirmed lately would be made up."""
-        age = trio.current_time() - self.status.ok_at
+        age = self.clock() - self.status.ok_at
         if age > self.stale_after():
             why = self.status.last_error or "no successful poll yet"
             raise ClusterUnavailable(f"cluster state unknown for {age:.0f}s: {why}" if self.ready else why)
@@ -140,7 +142,7 @@ class Downstream:
         if self._restored:
             return
         self._restored = True
-        now, wall = trio.current_time(), self.wall()
+        now, wall = self.clock(), self.wall()
         for intent in self.journal.intents():
             if self.book.named(intent.name) is None:
                 job = Job(name=intent.name, number=intent.number, interactive=intent.interactive)
@@ -180,12 +182,14 @@ class Downstream:
                               jobid, sj.name, known.jobid or "none")
                 continue
             tag = parse_comment(sj.comment)
-            if tag is None:
-                continue  # a jarvice_ name without our comment: not submitted by a downstream
+            if tag is None or f"{sj.name}/{jobid}" in self._answers:
+                continue  # not submitted by a downstream, or finished and already collected
             job = self.book.adopt(sj.name, tag.number, jobid, obs, now=now, since=poll.started_at,
                                   interactive=tag.interactive)
             if job is not None:
                 log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state)
+                if job.final:
+                    self._record_outcome(job)
         return effects
 
     def _expire_limbo(self, poll: Poll) -> None:
@@ -203,7 +207,7 @@ class Downstream:
                 self.journal.settle(job.name)
 
     async def poll_once(self) -> None:
-        started = trio.current_time()
+        started = self.clock()
         try:
             if self.cluster is None:
                 await self.preflight()
@@ -213,7 +217,7 @@ class Downstream:
             self.status.last_error = str(exc)
             log.warning("poll failed, jobs keep their last known state: %s", exc)
             return
-        now = trio.current_time()
+        now = self.clock()
         seen = {
             jobid: Observation(code=j.code, reason=j.reason, nodes=j.nodes, elapsed=j.elapsed)
             for jobid, j in poll.jobs.items()
@@ -237,9 +241,13 @@ class Downstream:
                 job = self.book.get(effect.jobid)
                 if job is not None:
                     log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code)
-                    self.journal.finished(job.jobid, job.name, job.number, {
-                        "state": JobState(job.state).value, "exit_code": job.exit_code, "elapsed": job.elapsed,
-                        "termination": job.termination, "nodes": list(job.nodes)})
+                    self._record_outcome(job)
+
+    def _record_outcome(self, job: Job) -> None:
+        """Until upstream collects it: the cluster may purge the job and have no accounting."""
+        self.journal.finished(job.jobid, job.name, job.number, {
+            "state": JobState(job.state).value, "exit_code": job.exit_code, "elapsed": job.elapsed,
+            "termination": job.termination, "nodes": list(job.nodes)})
 
     async def _resolve(self, jobid: str) -> None:
         try:
@@ -288,7 +296,7 @@ class Downstream:
         if job is None or job.name != name:
             return [None, None, None, None]
         self.require_fresh()
-        return [list(job.nodes), hms(job.elapsed_at(trio.current_time())), f"{name}/{number}/{jobid}", None]
+        return [list(job.nodes), hms(job.elapsed_at(self.clock())), f"{name}/{number}/{jobid}", None]
 
     # ------------------------------------------------------------ upstream: actions
     def _lock(self, key: str) -> trio.Lock:
@@ -303,6 +311,9 @@ class Downstream:
         submission = jobscript.build(args, self.executor, self.script_env)
         if self.cluster is None:
             raise ClusterUnavailable(self.status.last_error or "the cluster has not answered yet")
+        # Whether this name is already in Slurm is known only from a fresh poll (which
+        # adopts every job under our names): without one, submitting could duplicate it.
+        self.require_fresh()
         req = submission.request
         lock = self._lock(req.name)
         try:
@@ -319,7 +330,7 @@ class Downstream:
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 self.journal.intend(req.name, req.number, req.interactive)
                 jobid = await self._sbatch(job, submission)
-                self.execute(self.book.submitted(job, jobid, held=req.held, now=trio.current_time()))
+                self.execute(self.book.submitted(job, jobid, held=req.held, now=self.clock()))
                 self.journal.settle(req.name)
         finally:
             self._unlock(req.name, lock)
@@ -344,7 +355,7 @@ class Downstream:
                     found = await self.slurm.find_by_name(job.name)
             except DownstreamError:
                 # Unknown: keep the name reserved until a poll finds the job or proves it absent.
-                self.book.in_limbo(job, trio.current_time(), f"sbatch answer lost: {exc}")
+                self.book.in_limbo(job, self.clock(), f"sbatch answer lost: {exc}")
                 raise
             if found:
                 log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid)
@@ -364,7 +375,7 @@ class Downstream:
             return False
         sj = found[-1]
         obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
-        now = trio.current_time()
+        now = self.clock()
         self.execute(self.book.settle(job, sj.jobid, obs, now=now, since=now))
         self.journal.settle(job.name)
         log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid)
@@ -387,13 +398,14 @@ class Downstream:
                     raise NotFound(f"job {jobid} is not named {name}")
                 if job is not None:
                     if not job.final:
+                        self.require_fresh()  # "still running" from an old snapshot would be made up
                         raise Conflict(f"job {jobid} is still {job.state.value} in Slurm; it has no exit status yet")
                     rc, elapsed, state = job.exit_code, job.elapsed, job.termination
                 else:
                     rc, elapsed, state = await self._outcome_from_cluster(name, jobid)
                 tail = await self.slurm.tail(jobid) or ""
                 answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
-                self._answers[key] = _Answer(answer, trio.current_time() + ANSWER_RETENTION)
+                self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
                 self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
                 self.journal.collected(jobid)
                 if job is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Outcome, target_for
+from statemachines.slurm_states import exit_code_of, long_name
 
 _QUEUED = frozenset({JobState.SUBMITTED, JobState.HELD})
 _RUNNING = frozenset({JobState.RUNNING, JobState.PROXYING})
@@ -93,12 +94,16 @@ class JobBook:
         the poll that showed it, so that the next poll can find it gone.
         """
         target = target_for(obs)
-        if target is None or target.final:
-            return None  # finished jobs are answered from the cluster; unknown codes wait for a clearer poll
+        if target is None:
+            return None  # an unknown code: wait for a clearer poll
         job = Job(name=name, number=number, jobid=jobid, interactive=interactive, adopted=True, state=target,
                   submitted_at=since)
         self.add(job)
-        self.machine.observe(job, obs, now)
+        if target.final:  # it ended while nobody watched: upstream still has to collect it
+            job.code, job.nodes, job.elapsed = obs.code, obs.nodes, obs.elapsed
+            job.exit_code, job.termination = exit_code_of(obs.code), long_name(obs.code)
+        else:
+            self.machine.observe(job, obs, now)
         return job
 
     def add(self, job: Job) -> None:

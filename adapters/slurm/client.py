@@ -7,18 +7,25 @@ single ``squeue`` for all of this user's jobs, whatever the number of jobs.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 
 import trio
 
-from adapters.errors import ClusterUnavailable, CommandFailed
+from adapters.errors import ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.ssh import CommandResult, CommandRunner
 
 _ENV = "SLURM_TIME_FORMAT=standard "
+# How Slurm's commands say they could not reach slurmctld (22.05 wording, seen on the test
+# cluster with slurmctld stopped): no conclusion may be drawn from such an answer.
+CONTROLLER_DOWN = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|temporarily unavailable|Unexpected message received"
+    r"|Zero Bytes were transmitted|Communication connection failure"
+)
 _MARK = "@@slurm-downstream@@"
 TAIL_LINES = 10_000
 TAIL_BYTES = 1 << 20
@@ -83,6 +90,8 @@ class SlurmClient:
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
         result = await self.runner.run(command, stdin=stdin)
         if check and not result.ok:
+            if CONTROLLER_DOWN.search(result.stderr):
+                raise SlurmUnreachable(f"{command.split(' ', 1)[0]}: slurmctld did not answer: {result.stderr.strip()[:300]}")
             raise CommandFailed(command, result.exit_status, result.stderr)
         return result
 

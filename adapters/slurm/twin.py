@@ -17,12 +17,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import trio
 
-from adapters.errors import ClusterUnavailable, CommandFailed
+from adapters.errors import ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.jobscript import Submission
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.parsers import JOB_PREFIX, AccountingRecord, SlurmJob
@@ -32,7 +33,8 @@ COMMANDS = ("sbatch", "squeue", "inspect", "scancel", "scontrol", "tail", "rm", 
 
 
 class Fault(StrEnum):
-    FAIL = "fail"  # the command runs and exits non-zero (slurmctld unreachable, say)
+    FAIL = "fail"  # the command runs but cannot reach slurmctld (it is restarting, say)
+    REFUSED = "refused"  # the command runs and Slurm says no (a bad partition, a finished job)
     UNAVAILABLE = "unavailable"  # the SSH link is down before the command is sent
     DROP_AFTER = "drop_after"  # the command took effect, then the link dropped: the answer is lost
     GARBAGE = "garbage"  # the command exits 0 but prints something unreadable
@@ -74,6 +76,7 @@ class SimulatedSlurm:
     accounted: dict[str, SimJob] = field(default_factory=dict)  # sacct remembers after the purge
     commands: Counter = field(default_factory=Counter)
     link_up: bool = True
+    clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
     _faults: dict[str, list[Fault]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
@@ -133,7 +136,10 @@ class SimulatedSlurm:
             raise ClusterUnavailable(f"command timed out after {self.command_timeout:g}s on the simulated login node")
         if fault is Fault.FAIL:
             await trio.sleep(self.latency)
-            raise CommandFailed(name, 1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+            raise SlurmUnreachable(f"{name}: slurmctld did not answer: Unable to contact slurm controller (connect failure)")
+        if fault is Fault.REFUSED:
+            await trio.sleep(self.latency)
+            raise CommandFailed(name, 1, f"{name}: error: Invalid partition name specified")
         await trio.sleep(self.latency)
         return fault
 
@@ -176,7 +182,7 @@ class SimulatedSlurm:
         return jobid
 
     async def poll(self) -> Poll:
-        started = trio.current_time()
+        started = self.clock()
         fault = await self._command("squeue")
         jobs = self._visible()
         self._lost(fault)
