@@ -141,7 +141,9 @@ def summarize(results: dict) -> list[dict]:
             return "silent" if s["upstream"]["period_s"] is None else f"{s['upstream']['achieved_per_s']:.0f} calls/s"
 
         spread = ", ".join(f"{s['slurm_commands_per_min']:.0f} ({s['jobs']:,} jobs, {calls(s)})" for s in load)
-        flat = max(values) - min(values) <= max(4.0, 0.15 * max(values))
+        # a window holds a whole number of polls: allow one command per window, plus 10 %
+        slack = max(60.0 / s["window_s"] for s in load) + 0.1 * max(values)
+        flat = max(values) - min(values) <= slack
         add("Slurm commands/min on the login node", spread, "independent of jobs and call rate", flat)
     submit = results.get("submit_throughput")
     if submit:
