@@ -10,7 +10,7 @@ export SLURM_DOWNSTREAM_TESTCLUSTER := $(CLUSTER_STATE)
 # keeps them 10 s so that tests see purged jobs in reasonable time.
 export MIN_JOB_AGE ?= 10
 
-.PHONY: all venv cluster cluster-down test unit lint demo demo-stop bench clean
+.PHONY: all venv browser cluster cluster-down test unit lint demo demo-stop bench clean
 
 all: test
 
@@ -26,16 +26,20 @@ venv: $(STAMP)
 cluster:
 	tests/cluster/up
 
+# Debian's chromium, for the admin page's browser test.
+browser:
+	tests/browser/install
+
 cluster-down:
 	tests/cluster/down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(VENV)/bin/pytest -q -m "not cluster"
 
-test: $(STAMP) cluster
+test: $(STAMP) browser cluster
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

@@ -298,6 +298,10 @@ class SSHClient:
         proc = await conn.create_process(command, encoding="utf-8", errors="replace")
         try:
             out, err = await proc.communicate(stdin)
+            if proc.exit_status is None and proc.exit_signal is None:
+                # The channel closed without an exit status: the link dropped under the
+                # command, which may or may not have taken effect. Never a command failure.
+                raise asyncssh.ConnectionLost("channel closed without an exit status")
             return proc.exit_status, out or "", err or ""
         except asyncio.CancelledError:
             # Closing alone leaves the command running (sshd keeps the channel until

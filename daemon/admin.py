@@ -58,6 +58,12 @@ REFRESH_SECONDS = 5
 MAX_ROWS = 500  # jobs shown on the page (active first); /admin/state has them all
 
 
+def _newest(job: dict) -> int:
+    """Slurm job ids grow with time; a job without one yet (in flight) is the newest of all."""
+    jobid = str(job.get("jobid") or "")
+    return int(jobid) if jobid.isdigit() else 1 << 62
+
+
 # ------------------------------------------------------------------ redaction
 def _secret_key(key: str) -> bool:
     upper = key.upper()
@@ -393,7 +399,8 @@ def render_page(state: Mapping[str, Any], nonce: str) -> str:
     poller = state.get("poller") or {}
     jobs = list(state.get("jobs") or [])
     finals = {s.value for s in FINAL_STATES}
-    shown = sorted(jobs, key=lambda j: j.get("state") in finals)[:MAX_ROWS]  # stable: active first, then as given
+    # active first, newest first within each group: what an admin looks for is usually recent
+    shown = sorted(jobs, key=lambda j: (j.get("state") in finals, -_newest(j)))[:MAX_ROWS]
     shown_note = (f"showing {len(shown)} of {len(jobs)} (active first); all are in "
                   '<a href="admin/state">/admin/state</a>') if len(shown) < len(jobs) else ""
     counts: dict[str, int] = {}

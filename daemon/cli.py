@@ -1,13 +1,16 @@
-"""``slurm-downstream``: serve, check, proxy (later) and --help."""
+"""``slurm-downstream``: serve, check, proxy and --help."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import trio
 
-from config.settings import ConfigError, Settings, configure_logging, load
+from config.settings import ConfigError, Settings, load
+from daemon import proxy_cmd
+from daemon.logs import configure_logging, register_secrets
 
 EXIT_CONFIG = 2
 
@@ -24,7 +27,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from daemon.server import serve
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    register_secrets(settings)
     try:
         trio.run(serve, settings, args.host, args.port)
     except ConfigError as exc:
@@ -36,12 +40,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from adapters.journal import Journal
+    from daemon.preflight import exit_code, format_checks, run_preflight
     from daemon.report import init_report
-    from daemon.server import build_downstream, connectivity_test, describe_key, open_ssh
+    from daemon.server import describe_key, open_ssh
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    register_secrets(settings)
     try:
         key = describe_key(settings)
     except ConfigError as exc:
@@ -50,34 +55,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for line in init_report(settings, key):
         print(line)
 
-    async def check() -> bool:
+    async def check() -> list:
         async with open_ssh(settings) as ssh:
-            downstream = build_downstream(settings, ssh, Journal(":memory:"))
-            if not await connectivity_test(downstream):
-                return False
-            info = downstream.cluster
-            assert info is not None
-            slurm = downstream.slurm
-            checks = [
-                ("ssh", f"{settings.ssh_user}@{settings.cluster_addr}:{settings.cluster_port}, host key "
-                        f"{'NOT verified' if settings.ssh_insecure_host_key else 'verified'}", True),
-                ("slurm", info.version, bool(info.version)),
-                ("scratch", f"{slurm.jobs_dir} exists and is writable", True),
-                ("MinJobAge", f"{info.min_job_age}s: finished jobs stay in squeue that long", True),
-                ("finished-job lookup", {"sacct": "sacct (slurmdbd)", "jobcomp": "sacct -c (jobcomp/filetxt)",
-                                         "none": "exit-code files only (no accounting, no jobcomp)"}[slurm.accounting],
-                 True),
-            ]
-            try:
-                poll = await slurm.poll()
-                checks.append(("squeue", f"{len(poll.jobs)} JARVICE job(s) visible", True))
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
-                checks.append(("squeue", str(exc), False))
-            for name, detail, ok in checks:
-                print(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
-            return all(ok for _, _, ok in checks)
+            return await run_preflight(ssh, settings)
 
-    return 0 if trio.run(check) else 1
+    checks = trio.run(check)
+    for line in format_checks(checks):
+        print(line)
+    return exit_code(checks)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -93,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
     check = sub.add_parser("check", help="connect, print the init report and preflight checks; exit 1 on failure")
     check.set_defaults(func=_cmd_check)
+    proxy = sub.add_parser("proxy", help="one interactive job's proxy on its own (what Kubernetes proxy pods run)")
+    proxy_cmd.add_arguments(proxy)
+    proxy.set_defaults(func=lambda a: proxy_cmd.main(a, os.environ))
     return p
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
+from datetime import UTC, datetime
 from functools import partial
 
 import trio
@@ -14,11 +16,15 @@ from adapters.errors import DownstreamError
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
 from adapters.slurm.client import SlurmClient
-from adapters.ssh import SSHClient, SSHTarget, load_private_key
+from adapters.ssh import CommandRunner, SSHClient, SSHTarget, load_private_key
 from config.settings import ConfigError, Settings
-from daemon.api import create_app
+from daemon.admin import admin_blueprint, config_view
+from daemon.api import VERSION, create_app
+from daemon.metrics import Metrics, instrument
+from daemon.preflight import Check, log_checks, run_preflight
 from daemon.report import init_report
 from daemon.service import Downstream
+from statemachines.job import JobState
 
 log = logging.getLogger("slurm_downstream")
 
@@ -87,10 +93,52 @@ async def connectivity_test(downstream: Downstream) -> bool:
     return True
 
 
-def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal) -> Downstream:
-    slurm = SlurmClient(ssh, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
-    return Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
-                      poll_interval=settings.poll_interval, command_timeout=settings.command_timeout, journal=journal)
+def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metrics: Metrics | None = None) -> Downstream:
+    metrics = metrics or Metrics(version=VERSION, ssh=ssh)
+    runner: CommandRunner = metrics.timed(ssh)
+    slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
+    downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
+                            poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
+                            journal=journal, metrics=metrics)
+    metrics.jobs = downstream.book.counts
+    metrics.refused = lambda: downstream.book.machine.rejected
+    return downstream
+
+
+def _iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, started_at: float,
+                preflight: list[Check]) -> dict:
+    """The admin page's dict (schema in daemon/admin.py), from what the daemon holds now."""
+    st = downstream.status
+    now, wall = trio.current_time(), time.time()
+    jobs = []
+    for job in downstream.book:
+        jobs.append({
+            "name": job.name, "number": job.number, "jobid": job.jobid, "state": JobState(job.state).value,
+            "slurm_state": job.code, "reason": job.reason, "nodes": list(job.nodes), "exit_code": job.exit_code,
+            "termination": job.termination, "interactive": job.interactive,
+            "history": [[_iso(t), s] for t, s in job.history], "proxy": None,
+            "last_error": job.last_error or job.rejected or None,
+        })
+    return {
+        "version": VERSION,
+        "started_at": _iso(started_at),
+        "config": config_view(settings),
+        "ssh": {"target": f"{settings.ssh_user}@{ssh.target.address}", "connected": ssh.connected,
+                "connected_since": None, "reconnects": max(0, ssh.connects - 1), "last_error": ssh.last_error},
+        "poller": {"last_poll_at": _iso(wall - (now - st.ok_at)) if st.polls else None,
+                   "last_duration": st.last_duration, "polls": st.polls, "failures": st.failures,
+                   "last_error": st.last_error or None, "interval": downstream.poll_interval,
+                   "min_job_age": downstream.cluster.min_job_age if downstream.cluster else None},
+        "preflight": [c.as_dict() for c in preflight],
+        "last_error": st.last_error or ssh.last_error or None,
+        "jobs": jobs,
+    }
 
 
 async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
@@ -100,9 +148,13 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
     for line in init_report(settings, key):
         log.info(line)
     journal = Journal(settings.journal)
+    started_at = time.time()
     async with open_ssh(settings) as ssh:
-        downstream = build_downstream(settings, ssh, journal)
+        metrics = Metrics(version=VERSION, ssh=ssh)
+        downstream = build_downstream(settings, ssh, journal, metrics)
         await connectivity_test(downstream)
+        preflight = await run_preflight(ssh, settings)
+        log_checks(log, preflight)
         log.info("")
         log.info(" Init done. Entering main loop.")
         config = HypercornConfig()
@@ -111,6 +163,9 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 5
         app = create_app(downstream, settings.server_key)
+        instrument(app, metrics)
+        app.register_blueprint(admin_blueprint(
+            lambda: admin_state(downstream, ssh, settings, started_at, preflight), metrics))
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

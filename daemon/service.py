@@ -24,6 +24,7 @@ from adapters.journal import Journal
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
 from adapters.slurm.parsers import parse_comment
+from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Observation, Outcome, Resolve
 from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
@@ -81,6 +82,7 @@ class Downstream:
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.book.machine.clock = self.wall
@@ -215,6 +217,7 @@ class Downstream:
         except DownstreamError as exc:
             self.status.failures += 1
             self.status.last_error = str(exc)
+            self.metrics.observe_poll(None)
             log.warning("poll failed, jobs keep their last known state: %s", exc)
             return
         now = self.clock()
@@ -229,6 +232,7 @@ class Downstream:
         self.status.ok_at = now
         self.status.last_error = ""
         self.status.last_duration = now - started
+        self.metrics.observe_poll(now - started)
         self._expire_answers(now)
         self.execute(effects)
 
@@ -329,7 +333,12 @@ class Downstream:
                         return [job.jobid, submission.fscript]
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 self.journal.intend(req.name, req.number, req.interactive)
-                jobid = await self._sbatch(job, submission)
+                try:
+                    jobid = await self._sbatch(job, submission)
+                except DownstreamError:
+                    self.metrics.submit_failures.inc()
+                    raise
+                self.metrics.submits.inc()
                 self.execute(self.book.submitted(job, jobid, held=req.held, now=self.clock()))
                 self.journal.settle(req.name)
         finally:

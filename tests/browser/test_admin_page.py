@@ -10,7 +10,6 @@ that must reach the screen as text.
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 import trio
@@ -101,12 +100,7 @@ async def test_the_error_detector_sees_what_a_console_would(nursery: trio.Nurser
     nursery.cancel_scope.cancel()
 
 
-ROOT = Path(__file__).resolve().parents[2]
-WIRED = any("admin_blueprint" in (ROOT / "daemon" / f).read_text() for f in ("server.py", "api.py"))
-
-
 @pytest.mark.cluster
-@pytest.mark.skipif(not WIRED, reason="the admin blueprint is not wired into the daemon yet (daemon/server.py or api.py)")
 async def test_the_real_daemon_shows_a_real_job(daemon: Daemon, nursery: trio.Nursery) -> None:
     """The whole daemon on the real cluster: a job submitted through the upstream API, seen in the browser."""
     name = unique_name("admin")

@@ -150,7 +150,7 @@ def test_config_view_masks_what_settings_hide() -> None:
         assert secret not in text
 
 
-def test_page_lists_at_most_500_jobs_active_first() -> None:
+def test_page_lists_at_most_500_jobs_active_first_then_newest() -> None:
     from daemon.admin import render_page, scrub
     from tests.browser.sample import realistic_state
 
@@ -159,5 +159,7 @@ def test_page_lists_at_most_500_jobs_active_first() -> None:
     state["jobs"] = [dict(done, jobid=str(i)) for i in range(550)] + [dict(running, jobid="9999")]
     page = render_page(scrub(state), "n")
     assert page.count('<tr class="job"') == 500
-    assert page.index('data-jobid="9999"') < page.index('data-jobid="0"')  # the running job comes first
+    assert page.index('data-jobid="9999"') < page.index('data-jobid="549"')  # the running job comes first
+    assert page.index('data-jobid="549"') < page.index('data-jobid="100"')  # then the newest
+    assert 'data-jobid="0"' not in page  # the oldest finished jobs are left to /admin/state
     assert "showing 500 of 551 (active first)" in page and "Jobs (551)" in page
