@@ -29,6 +29,10 @@ class SlurmUnreachable(ClusterUnavailable):
     """
 
 
+class AnswerLost(ClusterUnavailable):
+    """The command ran, may have taken effect, and its answer cannot be read (e.g. sbatch printed no id)."""
+
+
 class HostKeyRejected(ClusterUnavailable):
     """The login node's host key is unknown or changed; no command is ever sent."""
 

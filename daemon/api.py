@@ -240,7 +240,7 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
             await downstream.terminate(ids)
             return Response("", status=200)
         if method == "info":
-            return _json({"about": "", "help": "", "url": "", "actions": {}})
+            return _json({"about": "", "help": "", "url": downstream.url_of(name, jobid), "actions": {}})
         if method == "tail":
             lines = _tail_lines(_first(qs, "lines", str(TAIL_DEFAULT)))
             return Response(await downstream.tail(jobid, lines), mimetype="text/plain")

@@ -15,6 +15,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from adapters.errors import DownstreamError
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
+from adapters.proxy.base import ProxyBackend
+from adapters.proxy.local import LocalProxies
 from adapters.slurm.client import SlurmClient
 from adapters.ssh import CommandRunner, SSHClient, SSHTarget, load_private_key
 from config.settings import ConfigError, Settings
@@ -99,7 +101,7 @@ def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metri
     slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
-                            journal=journal, metrics=metrics)
+                            journal=journal, metrics=metrics, port_count=settings.port_count)
     metrics.jobs = downstream.book.counts
     metrics.refused = lambda: downstream.book.machine.rejected
     return downstream
@@ -169,10 +171,29 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            downstream.proxies = await start_proxies(nursery, settings, ssh)
+            downstream.tunnels = ssh
             await nursery.start(downstream.run)
             binds = await nursery.start(partial(hypercorn_serve, app, config))
             log.info("serving the upstream API on %s", ", ".join(binds))
             task_status.started(binds)
+
+
+async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient) -> ProxyBackend:
+    """Interactive jobs' proxies: listeners in this process, or pods on Kubernetes."""
+    proxies: ProxyBackend
+    if settings.proxy.mode == "kubernetes":
+        from adapters.kube.client import KubeClient  # the kubernetes package is heavy: only when used
+        from adapters.kube.proxies import KubernetesProxies
+
+        kube = await KubeClient.open(settings.proxy.kube_api)
+        proxies = KubernetesProxies.from_settings(kube, settings)
+    else:
+        proxies = LocalProxies(ssh, bind=settings.proxy.bind, public_host=settings.proxy.public_host,
+                               ports=settings.proxy.ports)
+    await nursery.start(proxies.run)
+    log.info("interactive jobs' proxies: %s", settings.proxy.mode)
+    return proxies
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

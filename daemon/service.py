@@ -21,9 +21,12 @@ from adapters import jobscript
 from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
+from adapters.proxy.base import ProxyBackend, ProxyState, ProxyStatus, ProxyTarget
+from adapters.proxy.local import TunnelOpener
+from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
-from adapters.slurm.parsers import parse_comment
+from adapters.slurm.parsers import parse_comment, tag_interactive
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Observation, Outcome, Resolve
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TAIL_DEFAULT = 100
 ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
+PROXY_RETRIES = 3  # proxy starts that may fail for one job before its info says why and it stops trying
 
 
 class Conflict(DownstreamError):
@@ -79,6 +83,10 @@ class Downstream:
     wall: Callable[[], float] = time.time  # for the journal and the state history
     clock: Callable[[], float] = trio.current_time  # for staleness and ordering; the property tests drive it
     staleness: float = 0.0  # answers need a poll younger than this; 0: max(3 x poll interval, 10 s)
+    min_poll_gap: float = 0.5  # wake-ups (after submits) closer than this share one poll
+    proxies: ProxyBackend | None = None  # interactive jobs' proxies; None: interactive URLs stay empty
+    tunnels: TunnelOpener | None = None  # to probe a job's web service through the login node
+    port_count: int = 100  # interactive jobs use service/SSH ports base .. base + port_count - 1
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
@@ -93,6 +101,8 @@ class Downstream:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._restored = False
+        self._tending = False
+        self._node_addresses: dict[str, str] = {}
 
     # ------------------------------------------------------------ freshness
     @property
@@ -117,9 +127,12 @@ class Downstream:
             self._nursery = nursery
             task_status.started()
             while True:
+                started = trio.current_time()
                 await self.poll_once()
                 with trio.move_on_after(self.poll_interval):
                     await self._wake.wait()
+                    # a burst of submits is seen by one poll, not one poll each (submit throughput)
+                    await trio.sleep_until(started + min(self.min_poll_gap, self.poll_interval))
                 self._wake = trio.Event()
 
     def wake(self) -> None:
@@ -189,6 +202,7 @@ class Downstream:
             job = self.book.adopt(sj.name, tag.number, jobid, obs, now=now, since=poll.started_at,
                                   interactive=tag.interactive)
             if job is not None:
+                job.port_index = tag.port_index
                 log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state)
                 if job.final:
                     self._record_outcome(job)
@@ -235,6 +249,9 @@ class Downstream:
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
         self.execute(effects)
+        if self.proxies is not None and self._nursery is not None and not self._tending:
+            self._tending = True
+            self._nursery.start_soon(self._tend_proxies)
 
     def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -246,6 +263,8 @@ class Downstream:
                 if job is not None:
                     log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code)
                     self._record_outcome(job)
+                    if job.interactive and self.proxies is not None and self._nursery is not None:
+                        self._nursery.start_soon(self._stop_proxy, job)
 
     def _record_outcome(self, job: Job) -> None:
         """Until upstream collects it: the cluster may purge the job and have no accounting."""
@@ -284,6 +303,77 @@ class Downstream:
             del self._answers[key]
         if expired:
             self.journal.expire(self.wall())
+
+    # ------------------------------------------------------------ interactive jobs' proxies
+    async def _tend_proxies(self) -> None:
+        """After each poll: a proxy for every running interactive job whose service answers."""
+        try:
+            for job in list(self.book):
+                if job.interactive and job.port_index is not None and not job.final:
+                    await self._tend_proxy(job)
+        finally:
+            self._tending = False
+
+    async def _tend_proxy(self, job: Job) -> None:
+        assert self.proxies is not None
+        key = str(job.number)
+        state = JobState(job.state)
+        status = self.proxies.status(key)
+        if state is JobState.PROXYING and (status is None or status.state is not ProxyState.SERVING):
+            job.url = ""
+            job.last_error = status.error if status else "its proxy stopped"
+            self.book.machine.fire(job, "proxy_down")
+            state = JobState.RUNNING
+        if state is not JobState.RUNNING or not job.nodes:
+            return
+        if status is None or status.state is not ProxyState.SERVING:
+            if job.proxy_failures >= PROXY_RETRIES:
+                return  # its info says why (last_error); a new poll will not change that
+            try:
+                host = await self._node_address(job.nodes[0])
+                port = self.script_env.service_port + job.port_index
+                if self.tunnels is not None and not await probe_service(self.tunnels, host, port):
+                    return  # the job's web server is not listening yet: the URL stays empty
+                status = await self.proxies.start(ProxyTarget(key=key, host=host, port=port))
+            except DownstreamError as exc:
+                status = ProxyStatus(ProxyState.FAILED, error=str(exc))
+            if status.state is ProxyState.FAILED:
+                job.proxy_failures += 1
+                job.last_error = f"proxy failed ({job.proxy_failures}/{PROXY_RETRIES}): {status.error}"
+                log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error)
+                return
+        if status.state is ProxyState.SERVING and JobState(job.state) is JobState.RUNNING:
+            job.url = status.url
+            self.book.machine.fire(job, "proxy_up")
+            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, job.url)
+
+    async def _node_address(self, node: str) -> str:
+        if node not in self._node_addresses:
+            self._node_addresses[node] = await self.slurm.node_address(node)
+        return self._node_addresses[node]
+
+    async def _stop_proxy(self, job: Job) -> None:
+        if self.proxies is None:
+            return
+        job.url = ""
+        try:
+            await self.proxies.stop(str(job.number))
+        except DownstreamError as exc:  # /gc collects it later
+            log.warning("job %s (%s): could not stop its proxy: %s", job.jobid, job.name, exc)
+
+    def url_of(self, name: str, jobid: str) -> str:
+        """``info``'s URL: empty until the job's service is reachable through its proxy."""
+        job = self.book.get(jobid)
+        if job is None or job.name != name or JobState(job.state) is not JobState.PROXYING:
+            return ""
+        return job.url
+
+    def _free_port_index(self) -> int:
+        used = {j.port_index for j in self.book if j.port_index is not None and not j.final}
+        for index in range(self.port_count):
+            if index not in used:
+                return index
+        raise ClusterUnavailable(f"all {self.port_count} interactive ports are in use (JARVICE_SLURM_PORT_COUNT)")
 
     # ------------------------------------------------------------ upstream: snapshot answers
     def queued(self) -> list[list[str]]:
@@ -332,6 +422,10 @@ class Downstream:
                     if await self._settle_by_name(job):
                         return [job.jobid, submission.fscript]
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
+                if req.interactive and job.port_index is None:
+                    job.port_index = self._free_port_index()
+                if job.port_index is not None:
+                    submission = self._interactive(args, job.port_index)
                 self.journal.intend(req.name, req.number, req.interactive)
                 try:
                     jobid = await self._sbatch(job, submission)
@@ -348,6 +442,13 @@ class Downstream:
         self.wake()
         return [jobid, submission.fscript]
 
+    def _interactive(self, args: Mapping[str, object], index: int) -> jobscript.Submission:
+        """The job's own service and SSH ports, written into its script and its Slurm comment."""
+        env = replace(self.script_env, service_port=self.script_env.service_port + index,
+                      ssh_port=self.script_env.ssh_port + index)
+        submission = jobscript.build(args, self.executor, env)
+        return replace(submission, sbatch_args=tag_interactive(submission.sbatch_args, index))
+
     async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
         try:
             # Shielded: a client that hangs up mid-sbatch must not leave a job in
@@ -362,10 +463,10 @@ class Downstream:
             try:
                 with trio.CancelScope(shield=True):
                     found = await self.slurm.find_by_name(job.name)
-            except DownstreamError:
+            except DownstreamError as lookup:
                 # Unknown: keep the name reserved until a poll finds the job or proves it absent.
                 self.book.in_limbo(job, self.clock(), f"sbatch answer lost: {exc}")
-                raise
+                raise ClusterUnavailable(f"{exc}; and looking the job up failed: {lookup}") from None
             if found:
                 log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid)
                 return found[-1].jobid
@@ -379,7 +480,10 @@ class Downstream:
 
     async def _settle_by_name(self, job: Job) -> bool:
         """A retried submit of a job in limbo: is it in Slurm after all? (ClusterUnavailable if unknown.)"""
-        found = await self.slurm.find_by_name(job.name)
+        try:
+            found = await self.slurm.find_by_name(job.name)
+        except CommandFailed as exc:  # whether it is in Slurm stays unknown: try again later
+            raise ClusterUnavailable(f"looking up {job.name} in Slurm failed: {exc}") from None
         if not found:
             return False
         sj = found[-1]
@@ -391,7 +495,7 @@ class Downstream:
         return True
 
     async def exitstatus(self, args: Mapping[str, object]) -> list:
-        name, _, jobid = job_identity(args)
+        name, number, jobid = job_identity(args)
         key = f"{name}/{jobid}"
         cached = self._answers.get(key)
         if cached is not None:
@@ -417,11 +521,15 @@ class Downstream:
                 self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
                 self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
                 self.journal.collected(jobid)
+                interactive = job is None or job.interactive
                 if job is not None:
                     self.book.forget(job)
         finally:
             self._unlock(f"exit:{jobid}", lock)
         await self._cleanup(jobid)
+        if self.proxies is not None and interactive:
+            with trio.move_on_after(10):
+                await self.proxies.stop(str(number))
         return answer
 
     async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
@@ -456,6 +564,8 @@ class Downstream:
         except CommandFailed as exc:  # already gone, or not ours: best effort, as the contract says
             log.info("scancel of job %s: %s", jobid, exc.stderr)
         log.info("job %s (%s): termination requested", jobid, name)
+        if job is not None and job.interactive:
+            await self._stop_proxy(job)
         self.wake()
         return True
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+import trio
+
 
 class ProxyState(StrEnum):
     STARTING = "starting"  # asked for; not yet accepting users (pod pending, listener binding)
@@ -41,6 +43,10 @@ class ProxyStatus:
 
 
 class ProxyBackend(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise the proxies until cancelled; ready once ``start`` may be called."""
+        ...
+
     async def start(self, target: ProxyTarget) -> ProxyStatus:
         """Start (or keep) the proxy for ``target.key``; idempotent."""
         ...

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from adapters.errors import ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
@@ -117,7 +117,10 @@ class SlurmClient:
     async def submit(self, submission: Submission) -> str:
         command = "sbatch " + " ".join(shlex.quote(a) for a in submission.sbatch_args)
         result = await self._run(command, stdin=submission.batch_script)
-        return parsers.parse_sbatch(result.stdout)
+        try:
+            return parsers.parse_sbatch(result.stdout)
+        except parsers.ParseError as exc:  # exit 0 without an id: the job may exist; the caller looks it up
+            raise AnswerLost(str(exc)) from None
 
     def _squeue(self, extra: str = "") -> str:
         return f"{_ENV}squeue -h -t all -u {shlex.quote(self.user)}{extra} -o {shlex.quote(parsers.SQUEUE_FORMAT)}"
@@ -180,6 +183,16 @@ class SlurmClient:
 
     async def release(self, jobid: str) -> None:
         await self._run(f"scontrol release {_check_jobid(jobid)}")
+
+    async def node_address(self, node: str) -> str:
+        """The address Slurm knows a node by (NodeAddr), for reaching a job's web service."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", node):
+            raise ValueError(f"not a node name: {node!r}")
+        result = await self._run(f"scontrol show node {shlex.quote(node)}")
+        address = parsers.parse_node_address(result.stdout)
+        if address is None:
+            raise CommandFailed("scontrol show node", result.exit_status, f"no NodeAddr for {node}")
+        return address
 
     async def show_job(self, jobid: str) -> str:
         result = await self._run(f"scontrol show job {_check_jobid(jobid)}", check=False)

@@ -131,6 +131,7 @@ class JobTag:
 
     number: int
     interactive: bool = False
+    port_index: int | None = None
 
 
 _COMMENT_RE = re.compile(r"jarvice:(\d{1,15})(?P<flags>(?:;[a-z]+=[^;]*)*)")
@@ -142,7 +143,20 @@ def parse_comment(comment: str) -> JobTag | None:
     if not match:
         return None
     flags = dict(item.split("=", 1) for item in match["flags"].split(";") if item)
-    return JobTag(number=int(match[1]), interactive=flags.get("i") == "1")
+    port = flags.get("p", "")
+    return JobTag(number=int(match[1]), interactive=flags.get("i") == "1",
+                  port_index=int(port) if port.isdigit() and len(port) < 6 else None)
+
+
+def tag_interactive(sbatch_args: tuple[str, ...], port_index: int) -> tuple[str, ...]:
+    """Add the interactive flags to the ``--comment=jarvice:<number>`` option (read back by parse_comment)."""
+    return tuple(f"{a};i=1;p={port_index}" if a.startswith("--comment=jarvice:") else a for a in sbatch_args)
+
+
+def parse_node_address(output: str) -> str | None:
+    """``NodeAddr=`` of ``scontrol show node NAME``: where the login node reaches the node."""
+    match = re.search(r"\bNodeAddr=(\S+)", output)
+    return match[1] if match else None
 
 
 def parse_exit_code(text: str) -> int | None:

@@ -23,7 +23,7 @@ from enum import StrEnum
 
 import trio
 
-from adapters.errors import ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.jobscript import Submission
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.parsers import JOB_PREFIX, AccountingRecord, SlurmJob
@@ -178,7 +178,7 @@ class SimulatedSlurm:
                                   nodes_wanted=req.nodes, held=req.held, submitted=self.time)
         self._lost(fault)
         if fault is Fault.GARBAGE:
-            raise CommandFailed("sbatch", 0, "sbatch printed no job id: 'sbatch: error: Batch job submission failed'")
+            raise AnswerLost("sbatch printed no job id: 'sbatch: error: Batch job submission failed'")
         return jobid
 
     async def poll(self) -> Poll:
@@ -234,6 +234,13 @@ class SimulatedSlurm:
             raise CommandFailed("scontrol", 1, "slurm_suspend error: Job has already finished")
         job.held = False
         self._lost(fault)
+
+    async def node_address(self, node: str) -> str:
+        fault = await self._command("scontrol")
+        self._lost(fault)
+        if node not in self.nodes:
+            raise CommandFailed("scontrol show node", 1, f"Node {node} not found")
+        return "127.0.0.1"  # every simulated node lives on this host, as in the test cluster
 
     async def show_job(self, jobid: str) -> str:
         fault = await self._command("scontrol")

@@ -155,3 +155,9 @@ async def test_a_purged_job_is_still_known_by_its_rc_file_and_accounting(h: Harn
     assert facts.squeue is None and facts.rc_file == 0
     assert facts.accounting is not None and facts.accounting.code == "CD" and facts.accounting.name == name
     await h.slurm.cleanup(jobid)
+
+
+async def test_a_node_is_reached_at_the_address_slurm_knows(h: Harness) -> None:
+    assert await h.slurm.node_address("node1") == "127.0.0.1"
+    with pytest.raises(CommandFailed):
+        await h.slurm.node_address("no-such-node")

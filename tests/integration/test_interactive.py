@@ -1,0 +1,76 @@
+"""Interactive jobs end to end: upstream submits, Slurm runs a web service, a user's browser reaches it.
+
+Everything is real: the daemon (local proxy mode) on a socket, SSH to the test
+cluster's sshd, a Slurm job running ``tests/support/webjob.py`` (HTTP + WebSocket)
+on the port the daemon assigned, and the user's HTTP and WebSocket connections
+going through the daemon's per-job proxy and an SSH direct-tcpip channel.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import trio
+from trio_websocket import open_websocket_url
+
+from tests.integration.conftest import Daemon, unique_name
+from tests.support.upstream import submit_args
+
+WEBJOB = (Path(__file__).parents[1] / "support" / "webjob.py").read_text()
+
+
+def web_service_body() -> str:
+    """The job's script body: the web service on the port the daemon exported (braces doubled, as upstream does)."""
+    source = WEBJOB.replace("{", "{{").replace("}", "}}")
+    return f'exec /usr/bin/python3 - "$SINGULARITYENV_JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
+
+
+async def info_url(daemon: Daemon, ids: dict, timeout: float = 90) -> str:
+    path = f"/request/{ids['name']}/{ids['number']}/{ids['jobid']}/info"
+    with trio.fail_after(timeout):
+        while not (url := (await daemon.upstream.post(path, {"qs": {}})).json()["url"]):
+            await trio.sleep(0.3)
+    return url
+
+
+async def test_an_interactive_job_is_reached_through_its_url(daemon: Daemon) -> None:
+    jobs = []
+    for number in (31, 32):  # two at once: each gets its own port and its own proxy
+        name = unique_name("web")
+        jobid, fscript = await daemon.upstream.call(
+            "/submit", submit_args(name, number, web_service_body(), interactive=True))
+        port = int(re.search(r"SINGULARITYENV_JARVICE_SERVICE_PORT=(\d+)", fscript)[1])
+        jobs.append(({"name": name, "number": number, "jobid": jobid}, port))
+    assert jobs[0][1] != jobs[1][1], "two interactive jobs were given the same service port"
+    try:
+        urls = [await info_url(daemon, ids) for ids, _ in jobs]
+        assert urls[0] != urls[1], urls
+        print("interactive URLs:", urls)
+        async with httpx.AsyncClient(timeout=10) as browser:
+            for (ids, _), url in zip(jobs, urls, strict=True):
+                page = (await browser.get(url)).text
+                assert f"job {ids['jobid']}" in page  # each URL reaches its own job
+        ws_url = urls[0].replace("http://", "ws://", 1).rstrip("/") + "/ws"
+        async with open_websocket_url(ws_url) as ws:
+            payload = bytes(range(256)) * 4096  # 1 MiB
+            await ws.send_message(payload)
+            assert await ws.get_message() == payload
+
+        await daemon.upstream.call("/terminate", jobs[0][0])
+        with trio.fail_after(30):
+            while True:  # the proxy goes with the job: connections are refused, info says nothing
+                try:
+                    async with httpx.AsyncClient(timeout=2) as browser:
+                        await browser.get(urls[0])
+                except httpx.TransportError:
+                    break
+                await trio.sleep(0.3)
+        info = f"/request/{jobs[0][0]['name']}/31/{jobs[0][0]['jobid']}/info"
+        assert (await daemon.upstream.post(info, {"qs": {}})).json()["url"] == ""
+        async with httpx.AsyncClient(timeout=10) as browser:  # the other job is untouched
+            assert f"job {jobs[1][0]['jobid']}" in (await browser.get(urls[1])).text
+    finally:
+        for ids, _ in jobs:
+            await daemon.upstream.call("/terminate", ids)
