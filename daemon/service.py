@@ -242,10 +242,17 @@ class Downstream:
         effects = self._adopt_or_settle(poll, now)
         effects += self.book.apply_poll(seen, poll.started_at, now, poll.complete)
         self._expire_limbo(poll)
+        self.status.last_duration = now - started
+        if not poll.complete:
+            # A job on an unreadable line may be any state: what upstream would be
+            # told of it is unknown, so the snapshot does not count as fresh.
+            self.status.failures += 1
+            self.status.last_error = "squeue printed lines that could not be read (see the log)"
+            self.execute(effects)
+            return
         self.status.polls += 1
         self.status.ok_at = now
         self.status.last_error = ""
-        self.status.last_duration = now - started
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
         self.execute(effects)
