@@ -599,10 +599,16 @@ class Downstream:
         return await self.slurm.list_dir(path, details)
 
     async def gc(self) -> bool:
+        """Upstream's periodic clean-up: is the cluster reachable; remove proxies whose job is gone."""
         try:
             await self.slurm.ping()
         except DownstreamError:
             return False
+        if self.proxies is not None:
+            wanted = {str(j.number) for j in self.book if j.interactive and not j.final}
+            for key in sorted(await self.proxies.keys() - wanted):
+                log.info("gc: removing the proxy of job number %s, which no tracked job needs", key)
+                await self.proxies.stop(key)
         return True
 
 
