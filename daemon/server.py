@@ -173,7 +173,11 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             downstream.proxies = await start_proxies(nursery, settings, ssh)
             downstream.tunnels = ssh
-            await nursery.start(downstream.run)
+            if settings.proxy.leader_election:
+                elector = await start_elector(nursery, settings)
+                nursery.start_soon(elector.lead, partial(_poll_while_leading, downstream))
+            else:
+                await nursery.start(downstream.run)
             binds = await nursery.start(partial(hypercorn_serve, app, config))
             log.info("serving the upstream API on %s", ", ".join(binds))
             task_status.started(binds)
@@ -194,6 +198,29 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
     await nursery.start(proxies.run)
     log.info("interactive jobs' proxies: %s", settings.proxy.mode)
     return proxies
+
+
+async def start_elector(nursery: trio.Nursery, settings: Settings):  # noqa: ANN201 - kubernetes imported lazily
+    """Several replicas: only the holder of a coordination.k8s.io Lease polls Slurm and tends proxies."""
+    from adapters.kube.client import KubeClient
+    from adapters.kube.lease import LeaderElector, lease_name
+    from adapters.kube.proxies import default_instance
+
+    kube = await KubeClient.open(settings.proxy.kube_api)
+    elector = LeaderElector(kube, settings.proxy.namespace, lease_name(default_instance(settings)),
+                            settings.proxy.identity)
+    await nursery.start(elector.run)
+    log.info("leader election: %s %s", settings.proxy.identity, "leads" if elector.is_leader else "stands by")
+    return elector
+
+
+async def _poll_while_leading(downstream: Downstream) -> None:
+    """The poller runs only while this replica leads; a standby answers /ready 503, so the Service skips it."""
+    log.info("this replica leads: polling Slurm")
+    try:
+        await downstream.run()
+    finally:
+        downstream.stand_by()
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -135,6 +135,11 @@ class Downstream:
                     await trio.sleep_until(started + min(self.min_poll_gap, self.poll_interval))
                 self._wake = trio.Event()
 
+    def stand_by(self) -> None:
+        """Leadership lost: this replica's snapshot stops being an answer (503, not ready)."""
+        self.status = PollStatus(last_error="standing by: another replica leads")
+        log.warning("this replica no longer leads: it stops polling and answers 503 until it leads again")
+
     def wake(self) -> None:
         """Poll now instead of at the end of the interval (after submit, cancel, release)."""
         self._wake.set()
