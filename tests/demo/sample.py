@@ -1,4 +1,4 @@
-"""The demo's upstream: submit one 2-node batch job to the running daemon and follow it.
+"""The demo's upstream: a 2-node batch job followed to its end, then an interactive job's URL.
 
 It speaks the legacy API as JARVICE upstream does (``upstream-api.md``): every
 POST carries one form field, ``args``, holding JSON; HTTP Basic auth with
@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.support.upstream import submit_args  # noqa: E402
+from tests.support.webjob import upstream_body  # noqa: E402
 
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
 PORT = int(os.environ.get("DEMO_PORT", "8080"))
@@ -201,7 +202,31 @@ def main() -> int:
             print(f"sample: job {jobid} finished with exit status {rc}, not 0", file=sys.stderr)
             return 1
         print(f"sample: OK, job {jobid} ran on 2 nodes and exited 0 in {clock.elapsed():.1f}s")
-        return 0
+        return interactive(up, number + 1, clock)
+
+
+def interactive(up: Upstream, number: int, clock: Clock) -> int:
+    """An interactive job: a web service on its compute node, reached through the daemon's proxy."""
+    name = f"{time.strftime('%Y%m%d')}-demo-alice_web-{number}"
+    print(f"sample: submitting interactive job {name} (a web page and a WebSocket echo on its node)")
+    jobid, _ = up.call("/submit", submit_args(name, number, upstream_body(), interactive=True, walltime="00:15:00"))
+    ids = {"name": name, "number": number, "jobid": jobid}
+    path = f"/request/{name}/{number}/{jobid}/info"
+    while clock.elapsed() < TIMEOUT * 2:
+        url = up.call(path, {"qs": {}})["url"]
+        if url:
+            break
+        time.sleep(POLL)
+    else:
+        clock.say(f"job {jobid}: its web service did not become reachable; cancelling it")
+        up.call("/terminate", ids)
+        return 1
+    page = httpx.get(url, timeout=10).text
+    title = page.split("<h1>", 1)[-1].split("</h1>", 1)[0]
+    clock.say(f"job {jobid}: interactive service reachable at {url} (its page says {title!r})")
+    print(f"\n    Open {url} in a browser: the page is served by Slurm job {jobid} on its compute node,")
+    print("    carried by the daemon's proxy over SSH. It runs for 15 minutes; make demo-stop ends it.\n")
+    return 0
 
 
 if __name__ == "__main__":

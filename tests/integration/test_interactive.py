@@ -9,7 +9,6 @@ going through the daemon's per-job proxy and an SSH direct-tcpip channel.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import trio
@@ -17,14 +16,7 @@ from trio_websocket import open_websocket_url
 
 from tests.integration.conftest import Daemon, unique_name
 from tests.support.upstream import submit_args
-
-WEBJOB = (Path(__file__).parents[1] / "support" / "webjob.py").read_text()
-
-
-def web_service_body() -> str:
-    """The job's script body: the web service on the port the daemon exported (braces doubled, as upstream does)."""
-    source = WEBJOB.replace("{", "{{").replace("}", "}}")
-    return f'exec /usr/bin/python3 - "$SINGULARITYENV_JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
+from tests.support.webjob import upstream_body
 
 
 async def info_url(daemon: Daemon, ids: dict, timeout: float = 90) -> str:
@@ -40,7 +32,7 @@ async def test_an_interactive_job_is_reached_through_its_url(daemon: Daemon) -> 
     for number in (31, 32):  # two at once: each gets its own port and its own proxy
         name = unique_name("web")
         jobid, fscript = await daemon.upstream.call(
-            "/submit", submit_args(name, number, web_service_body(), interactive=True))
+            "/submit", submit_args(name, number, upstream_body(), interactive=True))
         port = int(re.search(r"SINGULARITYENV_JARVICE_SERVICE_PORT=(\d+)", fscript)[1])
         jobs.append(({"name": name, "number": number, "jobid": jobid}, port))
     assert jobs[0][1] != jobs[1][1], "two interactive jobs were given the same service port"

@@ -268,6 +268,16 @@ def batch_script(port: int, name: str, *, minutes: int = 10, output: str = "/dev
             f"exec /usr/bin/python3 - {port} <<'WEBJOB_PY'\n{source}\nWEBJOB_PY\n")
 
 
+def upstream_body() -> str:
+    """The body of an upstream job script that serves this file on the port the daemon assigned.
+
+    Upstream fills its scripts with ``str.format``, so the source's braces are doubled.
+    """
+    with open(__file__, encoding="utf-8") as handle:
+        source = handle.read().replace("{", "{{").replace("}", "}}")
+    return f'exec /usr/bin/python3 - "$SINGULARITYENV_JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
+
+
 async def submit(run: Runner, port: int, name: str, *, minutes: int = 10) -> str:
     """Submit the job through ``run`` (commands on the login node); returns the Slurm job id."""
     result = await run("sbatch --parsable", stdin=batch_script(port, name, minutes=minutes))
