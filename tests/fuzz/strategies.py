@@ -15,7 +15,7 @@ import json
 import string
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from hypothesis import strategies as st
 
@@ -379,6 +379,14 @@ def identities(draw: st.DrawFn, *, url: bool = False) -> tuple[dict, tuple[str, 
     return ids, ((f"'{broken}'",) if broken in ("name", "number", "jobid") else ())
 
 
+def upstream_qs() -> st.SearchStrategy[dict[str, list[str]]]:
+    """``qs`` as upstream builds it: ``parse_qs`` of the query string a user's browser sent."""
+    pairs = st.lists(st.tuples(st.sampled_from(["lines", "path", "details", "x"]) | st.text(max_size=5),
+                               st.one_of(st.text(max_size=20), injection(), st.text(string.digits, max_size=5000))),
+                     max_size=4)
+    return pairs.map(lambda kv: parse_qs(urlencode(kv), keep_blank_values=True))
+
+
 @st.composite
 def job_calls(draw: st.DrawFn) -> Call:
     """/runstatus, /exitstatus, /terminate, /release, /events, and /request/<name>/<number>/<jobid>/<method>."""
@@ -392,7 +400,8 @@ def job_calls(draw: st.DrawFn) -> Call:
     method = draw(st.one_of(st.sampled_from(sorted(REQUEST_METHODS)),
                             st.text(_LINE_SAFE, max_size=12).filter(lambda m: "/" not in m)))
     qs = draw(st.one_of(st.just({}), st.dictionaries(st.text(max_size=8), st.lists(st.text(max_size=20), max_size=3),
-                                                     max_size=3), tail_lines().map(lambda v: {"lines": [v]})))
+                                                     max_size=3), tail_lines().map(lambda v: {"lines": [v]}),
+                        upstream_qs()))
     segments = [ids["name"], ids["number"], ids["jobid"], method]
     path = "/request/" + "/".join(segment(s) for s in segments)
     body, content_type = draw(encoded(_json_text({"qs": qs})))
@@ -417,7 +426,7 @@ def pvcls_calls(draw: st.DrawFn, root: str) -> Call:
     if draw(st.booleans()):
         tail = draw(st.one_of(injection(inline=True), st.text(_LINE_SAFE, max_size=30)).filter(
             lambda t: "/../" not in f"/{t}/"))
-        qs = {"path": [f"{root}/{tail}"]}
+        qs = {**draw(upstream_qs()), "path": [f"{root}/{tail}"]}
         if draw(st.booleans()):
             qs["details"] = [draw(st.sampled_from(["true", "false", "TRUE", "x"]) | injection())]
         expect, words = frozenset({200, 502}), ("No such file", "Not a directory", "cluster")
