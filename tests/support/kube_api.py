@@ -3,7 +3,7 @@
 No API server can run on these machines (no kind, k3s or etcd; no container
 runtime for them), so the adapter's tests drive the REAL official client, over
 real HTTP on 127.0.0.1, against this: the namespaced endpoints the adapter uses
-(Deployments, Services, Ingresses, Pods, Leases) with the API server's answers
+(Deployments, Services, Ingresses, Pods, Leases, Secrets) with the API server's answers
 that matter to it:
 
 - create: 201, or 409 AlreadyExists; the server fills uid, resourceVersion,
@@ -20,11 +20,14 @@ that matter to it:
 What the controllers and the kubelet would do (run a Deployment's pod, make it
 ready, fail to pull its image) is done by the tests through ``rollout`` and
 ``pod_waiting``: the adapter then reads it back over HTTP, as in a real cluster.
+``container`` gives what the kubelet would start for a Deployment's pod (argv and
+environment, Secret references resolved), so a test can run that very command.
 Every request is recorded (method, path, query, body) for the tests to inspect.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -48,6 +51,7 @@ _KINDS = {  # plural -> (group/version, kind)
     "ingresses": ("networking.k8s.io/v1", "Ingress"),
     "pods": ("v1", "Pod"),
     "leases": ("coordination.k8s.io/v1", "Lease"),
+    "secrets": ("v1", "Secret"),
 }
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -332,6 +336,26 @@ class KubeAPIStandIn:
                                        "state": {"waiting": {"reason": reason, "message": message}}}],
             }
             self._objects[("deployments", ns, deployment)]["status"] = {"replicas": 1, "unavailableReplicas": 1}
+
+    def container(self, ns: str, deployment: str) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment the kubelet starts the pod's first container with: ``command`` + ``args``,
+        ``env`` values, ``secretKeyRef`` read from the namespace's Secrets (base64 ``data``). A missing Secret
+        or key raises LookupError with the kubelet's message (the pod would be CreateContainerConfigError)."""
+        with self._lock:
+            spec = self._get("deployments", ns, deployment)["spec"]["template"]["spec"]["containers"][0]
+            env: dict[str, str] = {}
+            for var in spec.get("env") or []:
+                ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+                if ref is None:
+                    env[var["name"]] = var.get("value", "")
+                    continue
+                secret = self._objects.get(("secrets", ns, ref["name"]))
+                if secret is None:
+                    raise LookupError(f'secret "{ref["name"]}" not found')
+                if ref["key"] not in (secret.get("data") or {}):
+                    raise LookupError(f"couldn't find key {ref['key']} in Secret {ns}/{ref['name']}")
+                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            return [*spec.get("command", []), *spec.get("args", [])], env
 
     def requests_to(self, method: str, fragment: str = "") -> list[Request]:
         with self._lock:
