@@ -12,8 +12,12 @@ from config.settings import Settings
 
 
 def redact(url: str) -> str:
-    """``http://user:secret@proxy:3128`` -> ``http://user:***@proxy:3128``."""
-    return re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", url)
+    """``http://user:secret@proxy:3128`` -> ``http://user:***@proxy:3128``.
+
+    The password runs to the last ``@``: people write ``/`` and ``:`` in them unescaped,
+    and masking too much of an odd URL is better than showing any of a password.
+    """
+    return re.sub(r"(//[^/:@\s]*):[^@\s]*@", r"\1:***@", url)
 
 
 def init_report(settings: Settings, key_description: str) -> list[str]:

@@ -581,8 +581,16 @@ class Downstream:
         self.wake()
         return True
 
+    def _tracked(self, name: str, jobid: str) -> Job:
+        """The job upstream names, as this daemon tracks it; anything else (a foreign job id) is not found."""
+        job = self.book.get(jobid)
+        if job is None or job.name != name:
+            raise NotFound(f"no job {jobid} named {name} is tracked here")
+        return job
+
     async def release(self, args: Mapping[str, object]) -> bool:
-        _, _, jobid = job_identity(args)
+        name, _, jobid = job_identity(args)
+        self._tracked(name, jobid)  # never release a job that is not this one (scontrol takes any id)
         try:
             await self.slurm.release(jobid)
         except CommandFailed as exc:
@@ -591,7 +599,8 @@ class Downstream:
         return True
 
     async def events(self, args: Mapping[str, object]) -> str:
-        _, _, jobid = job_identity(args)
+        name, _, jobid = job_identity(args)
+        self._tracked(name, jobid)  # scontrol shows any job of the cluster: only ours are shown
         return await self.slurm.show_job(jobid)
 
     async def tail(self, jobid: str, lines: int) -> str:

@@ -352,7 +352,8 @@ def invalid_submits(draw: st.DrawFn, name: str) -> Call:
 
 
 # ------------------------------------------------------------------ job-scoped endpoints
-JOB_ENDPOINTS = {"/runstatus": 200, "/exitstatus": 200, "/terminate": 200, "/release": 409, "/events": 200}
+# a job that does not exist: /release and /events answer 404 (they act on tracked jobs only)
+JOB_ENDPOINTS = {"/runstatus": 200, "/exitstatus": 200, "/terminate": 200, "/release": 404, "/events": 404}
 REQUEST_METHODS = {"ping": 200, "connect": 200, "info": 200, "tail": 404, "screenshot": 404, "shutdown": 200,
                    "abort": 200}
 

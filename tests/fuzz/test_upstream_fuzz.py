@@ -131,9 +131,7 @@ def test_injections_in_a_valid_submission_reach_the_job_as_data(live_daemon: Liv
     assert "Traceback" not in fscript
 
 
-# ------------------------------------------------------------------ known gaps outside this task's files
-@pytest.mark.xfail(strict=True, reason="daemon/service.py release() ignores the name: SlurmClient.release runs "
-                                       "'scontrol release <jobid>', so any held job of the Slurm user is released")
+# ------------------------------------------------------------------ job-scoped actions stay with the named job
 def test_release_is_scoped_to_the_named_job(live_daemon: LiveDaemon) -> None:
     client = live_daemon.client
     name = unique_name("rel")
@@ -149,8 +147,6 @@ def test_release_is_scoped_to_the_named_job(live_daemon: LiveDaemon) -> None:
         post_args(client, "/exitstatus", ids)
 
 
-@pytest.mark.xfail(strict=True, reason="daemon/service.py events() ignores the name: 'scontrol show job <jobid>' "
-                                       "shows any job on the cluster, also other users' non-JARVICE jobs")
 def test_events_show_only_the_named_jarvice_job(live_daemon: LiveDaemon) -> None:
     foreign = slurm("sbatch", "--parsable", "--hold", "-J", "not-jarvice-fuzz", "--wrap", "true")
     assert foreign.returncode == 0, foreign.stderr
