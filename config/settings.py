@@ -310,15 +310,21 @@ def _journal(env: Mapping[str, str]) -> str:
     return raw
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and check every variable; raise ConfigError on the first bad one."""
-    env = os.environ if env is None else env
+def cluster_login(env: Mapping[str, str]) -> tuple[str, str]:
+    """The login node's address and the SSH user, checked (the daemon and its proxy pods read them alike)."""
     addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
     if not (_HOST_RE.match(addr) or _is_ip(addr)):
         raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):
         raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    return addr, user
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every variable; raise ConfigError on the first bad one."""
+    env = os.environ if env is None else env
+    addr, user = cluster_login(env)
     server_key = _get(env, "JARVICE_SCHED_SERVER_KEY") or None
     if server_key and not _SERVER_KEY_RE.match(server_key):
         raise ConfigError("JARVICE_SCHED_SERVER_KEY", "must be user:password")

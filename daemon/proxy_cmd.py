@@ -30,19 +30,18 @@ from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget, load_private_key
 from config.settings import (
     _HOST_RE,
-    _USER_RE,
     ConfigError,
     _bool,
     _float,
-    _get,
     _int,
     _is_ip,
     _known_hosts,
     _log_level,
     _required,
-    configure_logging,
+    cluster_login,
     decode_private_key,
 )
+from daemon.logs import configure_logging
 from daemon.server import _stop_on_signal
 
 log = logging.getLogger("slurm_downstream.proxy")
@@ -73,12 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
     """The SSH half of the daemon's settings, with the daemon's checks; raises ConfigError."""
-    addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
-    if not (_HOST_RE.match(addr) or _is_ip(addr)):
-        raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
-    user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
-    if not _USER_RE.match(user):
-        raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    addr, user = cluster_login(env)
     pem = decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY"))
     try:
         load_private_key(pem)

@@ -2,7 +2,7 @@
 
 The daemon (real, on a real socket, SSH to the test cluster) runs with
 JARVICE_SLURM_SCHED_LOGLEVEL=10 and logging set up as ``slurm-downstream serve``
-sets it (config.settings.configure_logging); on top of that every logger is opened
+sets it (daemon.logs.configure_logging); on top of that every logger is opened
 to DEBUG, those the daemon keeps quiet too (asyncssh, hypercorn's error log,
 quart...), and a handler on the root logger keeps every record, formatted as the
 operator sees it, with its traceback and any extra fields. A session then does
@@ -29,7 +29,7 @@ import httpx
 import pytest
 from quart_trio import QuartTrio
 
-from config.settings import configure_logging
+from daemon.logs import configure_logging
 from tests.fuzz.conftest import LiveDaemon, daemon_thread, post_args, wait_gone
 from tests.fuzz.strategies import BASE_FIELDS, b64, render_script, script_line, submit_args
 from tests.integration.conftest import cluster_env, settings, unique_name
