@@ -27,6 +27,7 @@ from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
 from adapters.slurm.parsers import parse_comment, tag_interactive
+from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Observation, Outcome, Resolve
@@ -189,7 +190,8 @@ class Downstream:
             obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
             known = self.book.named(sj.name)
             if known is not None and known.limbo_since is not None:
-                log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name)
+                log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
+                    extra=job_extra(sj.name, jobid))
                 effects += self.book.settle(known, jobid, obs, now=now, since=poll.started_at)
                 self.journal.settle(sj.name)
                 continue
@@ -208,7 +210,8 @@ class Downstream:
                                   interactive=tag.interactive)
             if job is not None:
                 job.port_index = tag.port_index
-                log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state)
+                log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state,
+                    extra=job_extra(sj.name, jobid))
                 if job.final:
                     self._record_outcome(job)
         return effects
@@ -273,7 +276,8 @@ class Downstream:
             elif isinstance(effect, Finished):
                 job = self.book.get(effect.jobid)
                 if job is not None:
-                    log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code)
+                    log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code,
+                        extra=job_extra(job.name, job.jobid))
                     self._record_outcome(job)
                     if job.interactive and self.proxies is not None and self._nursery is not None:
                         self._nursery.start_soon(self._stop_proxy, job)
@@ -288,7 +292,8 @@ class Downstream:
         try:
             facts = await self.slurm.inspect(jobid)
         except DownstreamError as exc:
-            log.warning("job %s vanished from squeue and could not be inspected (will retry): %s", jobid, exc)
+            log.warning("job %s vanished from squeue and could not be inspected (will retry): %s", jobid, exc,
+                extra=job_extra("", jobid))
             return
         finally:
             self._resolving.discard(jobid)
@@ -306,7 +311,8 @@ class Downstream:
         )
         effects = self.book.resolved(job, outcome)
         source = "accounting" if acct else "its exit-code file" if facts.rc_file is not None else "nothing"
-        log.info("job %s left squeue unseen; resolved from %s: %s", jobid, source, job.termination or "still active")
+        log.info("job %s left squeue unseen; resolved from %s: %s", jobid, source, job.termination or "still active",
+            extra=job_extra(job.name, jobid))
         self.execute(effects)
 
     def _expire_answers(self, now: float) -> None:
@@ -352,12 +358,12 @@ class Downstream:
             if status.state is ProxyState.FAILED:
                 job.proxy_failures += 1
                 job.last_error = f"proxy failed ({job.proxy_failures}/{PROXY_RETRIES}): {status.error}"
-                log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error)
+                log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error, extra=job_extra(job.name, job.jobid))
                 return
         if status.state is ProxyState.SERVING and JobState(job.state) is JobState.RUNNING:
             job.url = status.url
             self.book.machine.fire(job, "proxy_up")
-            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, job.url)
+            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, job.url, extra=job_extra(job.name, job.jobid))
 
     async def _node_address(self, node: str) -> str:
         if node not in self._node_addresses:
@@ -371,7 +377,8 @@ class Downstream:
         try:
             await self.proxies.stop(str(job.number))
         except DownstreamError as exc:  # /gc collects it later
-            log.warning("job %s (%s): could not stop its proxy: %s", job.jobid, job.name, exc)
+            log.warning("job %s (%s): could not stop its proxy: %s", job.jobid, job.name, exc,
+                extra=job_extra(job.name, job.jobid))
 
     def url_of(self, name: str, jobid: str) -> str:
         """``info``'s URL: empty until the job's service is reachable through its proxy."""
@@ -429,7 +436,8 @@ class Downstream:
                 except DuplicateJob as dup:
                     job = dup.job
                     if job.limbo_since is None:
-                        log.info("submit of %s repeated: answering with job %s", req.name, job.jobid)
+                        log.info("submit of %s repeated: answering with job %s", req.name, job.jobid,
+                            extra=job_extra(req.name, job.jobid))
                         return [job.jobid, job.fscript or submission.fscript]
                     if await self._settle_by_name(job):
                         return [job.jobid, submission.fscript]
@@ -450,7 +458,7 @@ class Downstream:
         finally:
             self._unlock(req.name, lock)
         log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
-                 ", held" if req.held else "")
+                 ", held" if req.held else "", extra=job_extra(req.name, jobid))
         self.wake()
         return [jobid, submission.fscript]
 
@@ -480,7 +488,8 @@ class Downstream:
                 self.book.in_limbo(job, self.clock(), f"sbatch answer lost: {exc}")
                 raise ClusterUnavailable(f"{exc}; and looking the job up failed: {lookup}") from None
             if found:
-                log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid)
+                log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid,
+                    extra=job_extra(job.name, found[-1].jobid))
                 return found[-1].jobid
             self.book.submit_failed(job, "cluster unavailable")
             self.journal.settle(job.name)
@@ -503,7 +512,8 @@ class Downstream:
         now = self.clock()
         self.execute(self.book.settle(job, sj.jobid, obs, now=now, since=now))
         self.journal.settle(job.name)
-        log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid)
+        log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid,
+            extra=job_extra(job.name, sj.jobid))
         return True
 
     async def exitstatus(self, args: Mapping[str, object]) -> list:
@@ -564,7 +574,7 @@ class Downstream:
         try:
             await self.slurm.cleanup(jobid)
         except DownstreamError as exc:  # the answer stands; files are collected by /gc later
-            log.warning("could not remove files of job %s: %s", jobid, exc)
+            log.warning("could not remove files of job %s: %s", jobid, exc, extra=job_extra("", jobid))
 
     async def terminate(self, args: Mapping[str, object]) -> bool:
         name, _, jobid = job_identity(args)
@@ -574,8 +584,8 @@ class Downstream:
         try:
             await self.slurm.cancel(jobid, name)
         except CommandFailed as exc:  # already gone, or not ours: best effort, as the contract says
-            log.info("scancel of job %s: %s", jobid, exc.stderr)
-        log.info("job %s (%s): termination requested", jobid, name)
+            log.info("scancel of job %s: %s", jobid, exc.stderr, extra=job_extra(name, jobid))
+        log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
             await self._stop_proxy(job)
         self.wake()
@@ -584,6 +594,8 @@ class Downstream:
     def _tracked(self, name: str, jobid: str) -> Job:
         """The job upstream names, as this daemon tracks it; anything else (a foreign job id) is not found."""
         job = self.book.get(jobid)
+        if job is None:
+            self.require_fresh()  # after a restart, a job is known only once a poll has adopted it
         if job is None or job.name != name:
             raise NotFound(f"no job {jobid} named {name} is tracked here")
         return job

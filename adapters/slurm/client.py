@@ -7,6 +7,7 @@ single ``squeue`` for all of this user's jobs, whatever the number of jobs.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.ssh import CommandResult, CommandRunner
+
+log = logging.getLogger(__name__)
 
 _ENV = "SLURM_TIME_FORMAT=standard "
 # How Slurm's commands say they could not reach slurmctld (22.05 wording, seen on the test
@@ -88,6 +91,9 @@ class SlurmClient:
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
 
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
+        # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
+        # the log's redaction filter still applies.
+        log.debug("slurm: %s", command)
         result = await self.runner.run(command, stdin=stdin)
         if check and not result.ok:
             if CONTROLLER_DOWN.search(result.stderr):
