@@ -26,8 +26,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from adapters.journal import Journal
 from adapters.slurm.twin import SimulatedSlurm
-from config.settings import Settings, configure_logging, load
+from config.settings import Settings, load
 from daemon.api import create_app
+from daemon.logs import configure_logging
 from daemon.server import script_environment
 from daemon.service import Downstream
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     settings = load()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     jobs = int(os.environ.get("BENCH_SIM_JOBS", "10000"))
     finished = os.environ.get("BENCH_SIM_FINISHED_FILE")
     trio.run(serve_simulated, settings, args.host, args.port, jobs, Path(finished) if finished else None)

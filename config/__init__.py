@@ -1,5 +1,5 @@
 """Configuration: the environment variables' schema, example env files, deployment examples."""
 
-from config.settings import ConfigError, Registry, Settings, configure_logging, load
+from config.settings import ConfigError, Registry, Settings, load
 
-__all__ = ["ConfigError", "Registry", "Settings", "configure_logging", "load"]
+__all__ = ["ConfigError", "Registry", "Settings", "load"]

@@ -13,7 +13,6 @@ import base64
 import binascii
 import ipaddress
 import json
-import logging
 import os
 import re
 import socket
@@ -378,13 +377,3 @@ def _log_format(env: Mapping[str, str]) -> str:
     if value not in ("text", "json"):
         raise ConfigError("JARVICE_SLURM_LOG_FORMAT", f"expected text or json, got {value!r}")
     return value
-
-
-def configure_logging(level: int) -> None:
-    """The seed document's log layout: ``2023-09-12 09:08:04,204 [1] INFO msg``."""
-    logging.basicConfig(level=level, format="%(asctime)s [%(process)d] %(levelname)s %(message)s", force=True)
-    # asyncssh logs every channel at INFO; keep it quiet unless debugging
-    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
-    logging.getLogger("hypercorn.access").setLevel(max(level, logging.WARNING))
-    logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
