@@ -26,7 +26,7 @@ from daemon.metrics import Metrics, instrument
 from daemon.preflight import Check, log_checks, run_preflight
 from daemon.report import init_report
 from daemon.service import Downstream
-from statemachines.job import JobState
+from statemachines.job import Job, JobState
 
 log = logging.getLogger("slurm_downstream")
 
@@ -113,6 +113,14 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _proxy_view(downstream: Downstream, job: Job) -> dict | None:
+    status = downstream.proxy_status(job)
+    if status is None:
+        return None
+    return {"state": status.state.value, "url": status.url, "error": status.error, "connections": status.connections,
+            "bytes_up": status.bytes_up, "bytes_down": status.bytes_down}
+
+
 def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, started_at: float,
                 preflight: list[Check]) -> dict:
     """The admin page's dict (schema in daemon/admin.py), from what the daemon holds now."""
@@ -124,7 +132,7 @@ def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, star
             "name": job.name, "number": job.number, "jobid": job.jobid, "state": JobState(job.state).value,
             "slurm_state": job.code, "reason": job.reason, "nodes": list(job.nodes), "exit_code": job.exit_code,
             "termination": job.termination, "interactive": job.interactive,
-            "history": [[_iso(t), s] for t, s in job.history], "proxy": None,
+            "history": [[_iso(t), s] for t, s in job.history], "proxy": _proxy_view(downstream, job),
             "last_error": job.last_error or job.rejected or None,
         })
     return {

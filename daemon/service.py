@@ -104,6 +104,7 @@ class Downstream:
         self._restored = False
         self._tending = False
         self._node_addresses: dict[str, str] = {}
+        self._proxy_bytes_seen: dict[int, tuple[int, int]] = {}
 
     # ------------------------------------------------------------ freshness
     @property
@@ -329,8 +330,28 @@ class Downstream:
             for job in list(self.book):
                 if job.interactive and job.port_index is not None and not job.final:
                     await self._tend_proxy(job)
+            self._count_proxy_traffic()
         finally:
             self._tending = False
+
+    def proxy_status(self, job: Job) -> ProxyStatus | None:
+        if self.proxies is None or not job.interactive:
+            return None
+        return self.proxies.status(str(job.number))
+
+    def _count_proxy_traffic(self) -> None:
+        """Proxies count their own bytes; the metrics get what moved since the last look."""
+        open_now = 0
+        for job in self.book:
+            status = self.proxy_status(job)
+            if status is None:
+                continue
+            open_now += status.connections
+            seen_up, seen_down = self._proxy_bytes_seen.get(job.number, (0, 0))
+            self.metrics.proxy_bytes_up(max(0, status.bytes_up - seen_up))
+            self.metrics.proxy_bytes_down(max(0, status.bytes_down - seen_down))
+            self._proxy_bytes_seen[job.number] = (status.bytes_up, status.bytes_down)
+        self.metrics.proxy_connections.set(open_now)
 
     async def _tend_proxy(self, job: Job) -> None:
         assert self.proxies is not None

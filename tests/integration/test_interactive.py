@@ -50,6 +50,17 @@ async def test_an_interactive_job_is_reached_through_its_url(daemon: Daemon) -> 
             await ws.send_message(payload)
             assert await ws.get_message() == payload
 
+        with trio.fail_after(15):  # admins see the traffic: in /metrics and on the state dump
+            while True:
+                metrics = (await daemon.upstream.client.get("/metrics")).text
+                up = re.search(r'^slurm_downstream_proxy_bytes_total\{direction="up"\} (\S+)', metrics, re.M)
+                if up and float(up[1]) >= len(payload):
+                    break
+                await trio.sleep(0.3)
+        state = (await daemon.upstream.client.get("/admin/state")).json()
+        shown = next(j for j in state["jobs"] if j["jobid"] == jobs[0][0]["jobid"])
+        assert shown["state"] == "proxying" and shown["proxy"]["state"] == "serving" and shown["proxy"]["url"] == urls[0]
+
         await daemon.upstream.call("/terminate", jobs[0][0])
         with trio.fail_after(30):
             while True:  # the proxy goes with the job: connections are refused, info says nothing
