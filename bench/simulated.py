@@ -39,7 +39,7 @@ FINISHED_SHARE = 0.1
 
 
 async def serve_simulated(settings: Settings, host: str, port: int, jobs: int, finished_file: Path | None) -> None:
-    twin = SimulatedSlurm(user=settings.ssh_user, scratch_dir=settings.scratch_dir, min_job_age=3600)
+    twin = SimulatedSlurm(user=settings.ssh_user, scratch_dir=settings.scratch_dir, min_job_age=3600, view_in_thread=True)
     made = twin.populate(jobs, prefix="20261123-benchsim-alice_sim", running_share=RUNNING_SHARE)
     downstream = Downstream(slurm=twin, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,

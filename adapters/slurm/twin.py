@@ -76,6 +76,7 @@ class SimulatedSlurm:
     accounted: dict[str, SimJob] = field(default_factory=dict)  # sacct remembers after the purge
     commands: Counter = field(default_factory=Counter)
     link_up: bool = True
+    view_in_thread: bool = False  # build poll answers in a worker thread, as the real client parses them
     clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
     _faults: dict[str, list[Fault]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1000))
@@ -184,7 +185,8 @@ class SimulatedSlurm:
     async def poll(self) -> Poll:
         started = self.clock()
         fault = await self._command("squeue")
-        jobs = self._visible()
+        # where the real client parses: off the trio thread (benchmarks); in line for deterministic tests
+        jobs = await trio.to_thread.run_sync(self._visible) if self.view_in_thread else self._visible()
         self._lost(fault)
         if fault is Fault.GARBAGE and jobs:  # one line the parser skips: the answer is partial
             jobs.pop(min(jobs))
