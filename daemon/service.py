@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import trio
 
@@ -34,6 +35,7 @@ from statemachines.job import Effect, Finished, Job, JobState, Observation, Outc
 from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TAIL_DEFAULT = 100
 ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
@@ -88,6 +90,7 @@ class Downstream:
     proxies: ProxyBackend | None = None  # interactive jobs' proxies; None: interactive URLs stay empty
     tunnels: TunnelOpener | None = None  # to probe a job's web service through the login node
     port_count: int = 100  # interactive jobs use service/SSH ports base .. base + port_count - 1
+    upstream_sessions: int = 7  # SSH channels upstream's calls may hold at once: the rest is the poller's
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
@@ -105,6 +108,7 @@ class Downstream:
         self._tending = False
         self._node_addresses: dict[str, str] = {}
         self._proxy_bytes_seen: dict[int, tuple[int, int]] = {}
+        self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
 
     # ------------------------------------------------------------ freshness
     @property
@@ -415,6 +419,12 @@ class Downstream:
                 return index
         raise ClusterUnavailable(f"all {self.port_count} interactive ports are in use (JARVICE_SLURM_PORT_COUNT)")
 
+    async def _upstream(self, command: Callable[..., Awaitable[T]], *args: object) -> T:
+        """A Slurm command on upstream's behalf: many slow ``tail``s must never keep the poller
+        from a channel, or every answer would go stale (503) because of them."""
+        async with self._upstream_slots:
+            return await command(*args)
+
     # ------------------------------------------------------------ upstream: snapshot answers
     def queued(self) -> list[list[str]]:
         self.require_fresh()
@@ -495,7 +505,7 @@ class Downstream:
             # Shielded: a client that hangs up mid-sbatch must not leave a job in
             # Slurm that the book forgot. The SSH command timeout still bounds it.
             with trio.CancelScope(shield=True):
-                return await self.slurm.submit(submission)
+                return await self._upstream(self.slurm.submit, submission)
         except CommandFailed as exc:
             self.book.submit_failed(job, exc.stderr)
             raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None
@@ -503,7 +513,7 @@ class Downstream:
             # The link may have dropped after sbatch took effect: never submit twice.
             try:
                 with trio.CancelScope(shield=True):
-                    found = await self.slurm.find_by_name(job.name)
+                    found = await self._upstream(self.slurm.find_by_name, job.name)
             except DownstreamError as lookup:
                 # Unknown: keep the name reserved until a poll finds the job or proves it absent.
                 self.book.in_limbo(job, self.clock(), f"sbatch answer lost: {exc}")
@@ -523,7 +533,7 @@ class Downstream:
     async def _settle_by_name(self, job: Job) -> bool:
         """A retried submit of a job in limbo: is it in Slurm after all? (ClusterUnavailable if unknown.)"""
         try:
-            found = await self.slurm.find_by_name(job.name)
+            found = await self._upstream(self.slurm.find_by_name, job.name)
         except CommandFailed as exc:  # whether it is in Slurm stays unknown: try again later
             raise ClusterUnavailable(f"looking up {job.name} in Slurm failed: {exc}") from None
         if not found:
@@ -559,7 +569,7 @@ class Downstream:
                     rc, elapsed, state = job.exit_code, job.elapsed, job.termination
                 else:
                     rc, elapsed, state = await self._outcome_from_cluster(name, jobid)
-                tail = await self.slurm.tail(jobid) or ""
+                tail = await self._upstream(self.slurm.tail, jobid) or ""
                 answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
                 self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
                 self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
@@ -577,7 +587,7 @@ class Downstream:
 
     async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
         """A job this daemon does not track (purged, or from before a restart)."""
-        facts = await self.slurm.inspect(jobid)
+        facts = await self._upstream(self.slurm.inspect, jobid)
         for record in (facts.squeue, facts.accounting):
             if record is None:
                 continue
@@ -593,7 +603,7 @@ class Downstream:
 
     async def _cleanup(self, jobid: str) -> None:
         try:
-            await self.slurm.cleanup(jobid)
+            await self._upstream(self.slurm.cleanup, jobid)
         except DownstreamError as exc:  # the answer stands; files are collected by /gc later
             log.warning("could not remove files of job %s: %s", jobid, exc, extra=job_extra("", jobid))
 
@@ -603,7 +613,7 @@ class Downstream:
         if job is not None and job.final:
             return True
         try:
-            await self.slurm.cancel(jobid, name)
+            await self._upstream(self.slurm.cancel, jobid, name)
         except CommandFailed as exc:  # already gone, or not ours: best effort, as the contract says
             log.info("scancel of job %s: %s", jobid, exc.stderr, extra=job_extra(name, jobid))
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
@@ -625,7 +635,7 @@ class Downstream:
         name, _, jobid = job_identity(args)
         self._tracked(name, jobid)  # never release a job that is not this one (scontrol takes any id)
         try:
-            await self.slurm.release(jobid)
+            await self._upstream(self.slurm.release, jobid)
         except CommandFailed as exc:
             raise Conflict(f"job {jobid} could not be released: {exc.stderr}") from None
         self.wake()
@@ -634,16 +644,16 @@ class Downstream:
     async def events(self, args: Mapping[str, object]) -> str:
         name, _, jobid = job_identity(args)
         self._tracked(name, jobid)  # scontrol shows any job of the cluster: only ours are shown
-        return await self.slurm.show_job(jobid)
+        return await self._upstream(self.slurm.show_job, jobid)
 
     async def tail(self, jobid: str, lines: int) -> str:
-        text = await self.slurm.tail(jobid, lines)
+        text = await self._upstream(self.slurm.tail, jobid, lines)
         if not text:
             raise NotFound(f"job {jobid} has no output")
         return text
 
     async def pvcls(self, path: str, details: bool) -> str:
-        return await self.slurm.list_dir(path, details)
+        return await self._upstream(self.slurm.list_dir, path, details)
 
     async def gc(self) -> bool:
         """Upstream's periodic clean-up: is the cluster reachable; remove proxies whose job is gone."""

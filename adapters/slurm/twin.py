@@ -75,6 +75,8 @@ class SimulatedSlurm:
     jobs: dict[str, SimJob] = field(default_factory=dict)
     accounted: dict[str, SimJob] = field(default_factory=dict)  # sacct remembers after the purge
     commands: Counter = field(default_factory=Counter)
+    in_flight: Counter = field(default_factory=Counter)  # commands running now, by name
+    most_in_flight: Counter = field(default_factory=Counter)  # the most at once, by name
     link_up: bool = True
     view_in_thread: bool = False  # build poll answers in a worker thread, as the real client parses them
     clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
@@ -126,6 +128,14 @@ class SimulatedSlurm:
     async def _command(self, name: str) -> Fault | None:
         """Count the command, wait its latency, and apply the fault planned for it, if any."""
         self.commands[name] += 1
+        self.in_flight[name] += 1
+        self.most_in_flight[name] = max(self.most_in_flight[name], self.in_flight[name])
+        try:
+            return await self._run_command(name)
+        finally:
+            self.in_flight[name] -= 1
+
+    async def _run_command(self, name: str) -> Fault | None:
         if not self.link_up:
             raise ClusterUnavailable("SSH to simulated login node failed: link down")
         planned = self._faults.get(name)
