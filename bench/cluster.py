@@ -24,6 +24,8 @@ from pathlib import Path
 
 import trio
 
+from tests.support.cluster import read_exports
+
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
 SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
 
@@ -96,12 +98,7 @@ def cluster_env() -> dict[str, str]:
     env_file = STATE / "daemon.env"
     if not env_file.is_file():
         raise ClusterMissing(f"no test cluster: {env_file} is missing; run tests/cluster/up (make bench does)")
-    env: dict[str, str] = {}
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
+    return read_exports(env_file)
 
 
 def local_env() -> dict[str, str]:

@@ -9,7 +9,6 @@ failure, not a skip, so CI can never pass without running these tests.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import trio
 
 from config.settings import Settings, load
 from daemon.server import serve
+from tests.support.cluster import read_exports
 from tests.support.upstream import Upstream
 
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
@@ -32,12 +32,7 @@ def cluster_env() -> dict[str, str]:
     env_file = STATE / "daemon.env"
     if not env_file.is_file():
         pytest.fail(f"no test cluster: {env_file} is missing; run tests/cluster/up (make test does)")
-    env: dict[str, str] = {}
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
+    return read_exports(env_file)
 
 
 def settings(**overrides: str) -> Settings:

@@ -9,7 +9,7 @@ none can run on these machines; it keeps the Lease with resourceVersions and ans
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -22,12 +22,6 @@ NS = "jarvice-system"
 LEASE = "slurm-downstream-leader"
 DURATION = 1.0
 RENEW = 0.1
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIStandIn]:
-    with KubeAPIStandIn() as stand_in:
-        yield stand_in
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ answers 404/409/422 as the API server does.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncssh
 import pytest
@@ -32,12 +32,6 @@ TOLERATIONS = [{"key": "node-role.jarvice.io/jarvice-system", "operator": "Exist
 @pytest.fixture(scope="module")
 def pem() -> str:
     return asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIStandIn]:
-    with KubeAPIStandIn() as stand_in:
-        yield stand_in
 
 
 @pytest.fixture
