@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
@@ -82,6 +84,51 @@ def _check_jobid(jobid: str) -> str:
     return jobid
 
 
+MAX_BATCH = 32  # sbatch calls sent together at most
+SUBMIT_STREAMS = 4  # batches on the wire at once: slurmctld takes concurrent sbatch RPCs faster than serial ones
+
+
+def _run_failed(command: str) -> Callable[[CommandResult], DownstreamError]:
+    def failed(result: CommandResult) -> DownstreamError:
+        if CONTROLLER_DOWN.search(result.stderr):
+            return SlurmUnreachable(f"sbatch: slurmctld did not answer: {result.stderr.strip()[:300]}")
+        return CommandFailed(command, result.exit_status, result.stderr)
+    return failed
+
+
+class _PendingSubmit:
+    """One submit waiting for its batch: its job id, or why there is none."""
+
+    def __init__(self, submission: Submission) -> None:
+        self.submission = submission
+        self.taken = False  # a batch on the wire carries it
+        self.settled = trio.Event()
+        self.jobid = ""
+        self.error: DownstreamError | None = None
+
+    def shell(self, index: int) -> str:
+        """Its sbatch as a line of the batch program, the script in a here-document."""
+        script = self.submission.batch_script
+        delimiter = f"SLURM_DOWNSTREAM_EOF_{index}_{secrets.token_hex(8)}"
+        args = " ".join(shlex.quote(a) for a in self.submission.sbatch_args)
+        body = script if script.endswith("\n") else script + "\n"
+        return f"sbatch {args} 2>&1 <<'{delimiter}'; echo \"{_MARK}$?\"\n{body}{delimiter}\n"
+
+    def settle(self, result: CommandResult, failed: Callable[[CommandResult], DownstreamError]) -> None:
+        if not result.ok:
+            self.fail(failed(result))
+            return
+        try:
+            self.jobid = parsers.parse_sbatch(result.stdout)
+        except parsers.ParseError as exc:  # exit 0 without an id: the job may exist; the caller looks it up
+            self.error = AnswerLost(str(exc))
+        self.settled.set()
+
+    def fail(self, error: DownstreamError) -> None:
+        self.error = error
+        self.settled.set()
+
+
 class SlurmClient:
     def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto") -> None:
         self.runner = runner
@@ -89,6 +136,8 @@ class SlurmClient:
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.jobs_dir = f"{self.scratch_dir}/.jarvice"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
+        self._submits: list[_PendingSubmit] = []
+        self._submit_slots = trio.Semaphore(SUBMIT_STREAMS)
 
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
         # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
@@ -121,12 +170,44 @@ class SlurmClient:
 
     # ---------------------------------------------------------------- jobs
     async def submit(self, submission: Submission) -> str:
-        command = "sbatch " + " ".join(shlex.quote(a) for a in submission.sbatch_args)
-        result = await self._run(command, stdin=submission.batch_script)
+        """sbatch one job. Submits that arrive while the batches on the wire run go together, as
+        one command running each sbatch in turn: one SSH channel and one shell for several jobs.
+        Up to SUBMIT_STREAMS batches run at once, since slurmctld serves parallel sbatch faster."""
+        pending = _PendingSubmit(submission)
+        self._submits.append(pending)
+        async with self._submit_slots:
+            if not pending.taken:  # else another batch carries it: wait for that one below
+                batch, self._submits = self._submits[:MAX_BATCH], self._submits[MAX_BATCH:]
+                for one in batch:
+                    one.taken = True
+                await self._sbatch_batch(batch)
+        await pending.settled.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.jobid
+
+    async def _sbatch_batch(self, batch: list[_PendingSubmit]) -> None:
         try:
-            return parsers.parse_sbatch(result.stdout)
-        except parsers.ParseError as exc:  # exit 0 without an id: the job may exist; the caller looks it up
-            raise AnswerLost(str(exc)) from None
+            if len(batch) == 1:
+                one = batch[0]
+                command = "sbatch " + " ".join(shlex.quote(a) for a in one.submission.sbatch_args)
+                one.settle(await self._run(command, stdin=one.submission.batch_script), _run_failed(command))
+                return
+            program = "".join(p.shell(i) for i, p in enumerate(batch))
+            result = await self._run("sh -s", stdin=program)
+        except BaseException as exc:  # the link, or the cancellation: every job of the batch is in doubt
+            for pending in batch:
+                pending.fail(exc if isinstance(exc, DownstreamError) else AnswerLost(f"sbatch interrupted: {exc!r}"))
+            raise
+        parts = result.stdout.split(_MARK)
+        for i, pending in enumerate(batch):
+            if i + 1 >= len(parts):
+                pending.fail(AnswerLost("the batched sbatch printed no answer for this job"))
+                continue
+            status = parts[i + 1].partition("\n")[0].strip()
+            output = parts[i].partition("\n")[2] if i else parts[i]
+            rc = int(status) if status.isdigit() else None
+            pending.settle(CommandResult(rc, output if rc == 0 else "", output if rc != 0 else ""), _run_failed("sbatch"))
 
     def _squeue(self, extra: str = "") -> str:
         return f"{_ENV}squeue -h -t all -u {shlex.quote(self.user)}{extra} -o {shlex.quote(parsers.SQUEUE_FORMAT)}"

@@ -161,3 +161,20 @@ async def test_a_node_is_reached_at_the_address_slurm_knows(h: Harness) -> None:
     assert await h.slurm.node_address("node1") == "127.0.0.1"
     with pytest.raises(CommandFailed):
         await h.slurm.node_address("no-such-node")
+
+
+async def test_concurrent_submits_each_get_their_own_job(h: Harness) -> None:
+    """Submits that arrive together (the real client sends them as one batch) stay separate jobs."""
+    results: dict[int, tuple[str, str]] = {}
+
+    async def one(number: int) -> None:
+        results[number] = await h.submit(number=number, held=True)
+
+    async with trio.open_nursery() as nursery:
+        for number in range(100, 108):
+            nursery.start_soon(one, number)
+    assert len({jobid for _, jobid in results.values()}) == 8
+    jobs = (await h.slurm.poll()).jobs
+    for number, (name, jobid) in results.items():
+        assert jobs[jobid].name == name and parse_comment(jobs[jobid].comment).number == number
+        await h.slurm.cancel(jobid, name)
