@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Outcome, target_for
-from statemachines.slurm_states import exit_code_of, long_name
 
 _QUEUED = frozenset({JobState.SUBMITTED, JobState.HELD})
 _RUNNING = frozenset({JobState.RUNNING, JobState.PROXYING})
@@ -98,12 +97,8 @@ class JobBook:
             return None  # an unknown code: wait for a clearer poll
         job = Job(name=name, number=number, jobid=jobid, interactive=interactive, adopted=True, state=target,
                   submitted_at=since)
+        self.machine.record(job, obs, now)  # a final one ended while nobody watched: upstream still collects it
         self.add(job)
-        if target.final:  # it ended while nobody watched: upstream still has to collect it
-            job.code, job.nodes, job.elapsed = obs.code, obs.nodes, obs.elapsed
-            job.exit_code, job.termination = exit_code_of(obs.code), long_name(obs.code)
-        else:
-            self.machine.observe(job, obs, now)
         return job
 
     def add(self, job: Job) -> None:
@@ -127,7 +122,6 @@ class JobBook:
         self._by_name.pop(job.name, None)
         if job.jobid:
             self._by_id.pop(job.jobid, None)
-        self.machine.remove(job)
         self.version += 1
 
     def apply_poll(self, seen: Mapping[str, Observation], started_at: float, now: float,

@@ -27,7 +27,7 @@ from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, Slurm
 from adapters.jobscript import Submission
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.parsers import JOB_PREFIX, AccountingRecord, SlurmJob
-from statemachines.slurm_states import FINISHED_CODES, exit_code_of
+from statemachines.slurm_states import FINISHED_CODES
 
 COMMANDS = ("sbatch", "squeue", "inspect", "scancel", "scontrol", "tail", "rm", "ls", "ping")
 
@@ -296,7 +296,3 @@ class SimulatedSlurm:
             made.append(job)
         return made
 
-
-def finished_code_of(job: SimJob) -> int:
-    """Upstream's exit code for a finished simulated job (the same table as the real path)."""
-    return exit_code_of(job.code)
