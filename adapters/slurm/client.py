@@ -11,7 +11,6 @@ import logging
 import re
 import secrets
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -88,12 +87,11 @@ MAX_BATCH = 32  # sbatch calls sent together at most
 SUBMIT_STREAMS = 4  # batches on the wire at once: slurmctld takes concurrent sbatch RPCs faster than serial ones
 
 
-def _run_failed(command: str) -> Callable[[CommandResult], DownstreamError]:
-    def failed(result: CommandResult) -> DownstreamError:
-        if CONTROLLER_DOWN.search(result.stderr):
-            return SlurmUnreachable(f"sbatch: slurmctld did not answer: {result.stderr.strip()[:300]}")
-        return CommandFailed(command, result.exit_status, result.stderr)
-    return failed
+def command_error(command: str, result: CommandResult) -> DownstreamError:
+    """What a failed Slurm command means: slurmctld not answering (nothing known) or a refusal."""
+    if CONTROLLER_DOWN.search(result.stderr):
+        return SlurmUnreachable(f"{command.split(' ', 1)[0]}: slurmctld did not answer: {result.stderr.strip()[:300]}")
+    return CommandFailed(command, result.exit_status, result.stderr)
 
 
 class _PendingSubmit:
@@ -114,9 +112,9 @@ class _PendingSubmit:
         body = script if script.endswith("\n") else script + "\n"
         return f"sbatch {args} 2>&1 <<'{delimiter}'; echo \"{_MARK}$?\"\n{body}{delimiter}\n"
 
-    def settle(self, result: CommandResult, failed: Callable[[CommandResult], DownstreamError]) -> None:
+    def settle(self, command: str, result: CommandResult) -> None:
         if not result.ok:
-            self.fail(failed(result))
+            self.fail(command_error(command, result))
             return
         try:
             self.jobid = parsers.parse_sbatch(result.stdout)
@@ -145,9 +143,7 @@ class SlurmClient:
         log.debug("slurm: %s", command)
         result = await self.runner.run(command, stdin=stdin)
         if check and not result.ok:
-            if CONTROLLER_DOWN.search(result.stderr):
-                raise SlurmUnreachable(f"{command.split(' ', 1)[0]}: slurmctld did not answer: {result.stderr.strip()[:300]}")
-            raise CommandFailed(command, result.exit_status, result.stderr)
+            raise command_error(command, result)
         return result
 
     def _file(self, jobid: str, suffix: str) -> str:
@@ -188,10 +184,10 @@ class SlurmClient:
 
     async def _sbatch_batch(self, batch: list[_PendingSubmit]) -> None:
         try:
-            if len(batch) == 1:
+            if len(batch) == 1:  # alone: the script on stdin, as a person would run it
                 one = batch[0]
                 command = "sbatch " + " ".join(shlex.quote(a) for a in one.submission.sbatch_args)
-                one.settle(await self._run(command, stdin=one.submission.batch_script), _run_failed(command))
+                one.settle(command, await self._run(command, stdin=one.submission.batch_script, check=False))
                 return
             program = "".join(p.shell(i) for i, p in enumerate(batch))
             result = await self._run("sh -s", stdin=program)
@@ -207,7 +203,7 @@ class SlurmClient:
             status = parts[i + 1].partition("\n")[0].strip()
             output = parts[i].partition("\n")[2] if i else parts[i]
             rc = int(status) if status.isdigit() else None
-            pending.settle(CommandResult(rc, output if rc == 0 else "", output if rc != 0 else ""), _run_failed("sbatch"))
+            pending.settle("sbatch", CommandResult(rc, output if rc == 0 else "", output if rc != 0 else ""))
 
     def _squeue(self, extra: str = "") -> str:
         return f"{_ENV}squeue -h -t all -u {shlex.quote(self.user)}{extra} -o {shlex.quote(parsers.SQUEUE_FORMAT)}"
