@@ -27,7 +27,7 @@ from adapters.proxy.local import TunnelOpener
 from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
-from adapters.slurm.parsers import parse_comment, tag_interactive
+from adapters.slurm.parsers import SlurmJob, parse_comment, tag_interactive
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
@@ -54,6 +54,11 @@ def hms(seconds: int) -> str:
     """Upstream's elapsed format: ``HH:MM:SS``, hours may exceed 24."""
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def observation(sj: SlurmJob) -> Observation:
+    """What the job machine needs of one squeue line."""
+    return Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
 
 
 def termination_line(state: str) -> str:
@@ -192,7 +197,7 @@ class Downstream:
         for jobid, sj in poll.jobs.items():
             if self.book.get(jobid) is not None:
                 continue
-            obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
+            obs = observation(sj)
             known = self.book.named(sj.name)
             if known is not None and known.limbo_since is not None:
                 log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
@@ -248,27 +253,23 @@ class Downstream:
             log.warning("poll failed, jobs keep their last known state: %s", exc)
             return
         now = self.clock()
-        seen = {
-            jobid: Observation(code=j.code, reason=j.reason, nodes=j.nodes, elapsed=j.elapsed)
-            for jobid, j in poll.jobs.items()
-        }
+        seen = {jobid: observation(j) for jobid, j in poll.jobs.items()}
         effects = self._adopt_or_settle(poll, now)
         effects += self.book.apply_poll(seen, poll.started_at, now, poll.complete)
         self._expire_limbo(poll)
+        self.execute(effects)
         self.status.last_duration = now - started
         if not poll.complete:
             # A job on an unreadable line may be any state: what upstream would be
             # told of it is unknown, so the snapshot does not count as fresh.
             self.status.failures += 1
             self.status.last_error = "squeue printed lines that could not be read (see the log)"
-            self.execute(effects)
             return
         self.status.polls += 1
         self.status.ok_at = now
         self.status.last_error = ""
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
-        self.execute(effects)
         if self.proxies is not None and self._nursery is not None and not self._tending:
             self._tending = True
             self._nursery.start_soon(self._tend_proxies)
@@ -331,10 +332,11 @@ class Downstream:
     async def _tend_proxies(self) -> None:
         """After each poll: a proxy for every running interactive job whose service answers."""
         try:
-            for job in list(self.book):
-                if job.interactive and job.port_index is not None and not job.final:
+            interactive = [job for job in self.book if job.interactive and not job.final]
+            for job in interactive:
+                if job.port_index is not None:
                     await self._tend_proxy(job)
-            self._count_proxy_traffic()
+            self._count_proxy_traffic(interactive)
         finally:
             self._tending = False
 
@@ -343,10 +345,10 @@ class Downstream:
             return None
         return self.proxies.status(str(job.number))
 
-    def _count_proxy_traffic(self) -> None:
+    def _count_proxy_traffic(self, jobs: list[Job]) -> None:
         """Proxies count their own bytes; the metrics get what moved since the last look."""
-        open_now = 0
-        for job in self.book:
+        open_now, seen = 0, {}
+        for job in jobs:
             status = self.proxy_status(job)
             if status is None:
                 continue
@@ -354,7 +356,8 @@ class Downstream:
             seen_up, seen_down = self._proxy_bytes_seen.get(job.number, (0, 0))
             self.metrics.proxy_bytes_up(max(0, status.bytes_up - seen_up))
             self.metrics.proxy_bytes_down(max(0, status.bytes_down - seen_down))
-            self._proxy_bytes_seen[job.number] = (status.bytes_up, status.bytes_down)
+            seen[job.number] = (status.bytes_up, status.bytes_down)
+        self._proxy_bytes_seen = seen  # ended jobs drop out
         self.metrics.proxy_connections.set(open_now)
 
     async def _tend_proxy(self, job: Job) -> None:
@@ -539,9 +542,8 @@ class Downstream:
         if not found:
             return False
         sj = found[-1]
-        obs = Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
         now = self.clock()
-        self.execute(self.book.settle(job, sj.jobid, obs, now=now, since=now))
+        self.execute(self.book.settle(job, sj.jobid, observation(sj), now=now, since=now))
         self.journal.settle(job.name)
         log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid,
             extra=job_extra(job.name, sj.jobid))
