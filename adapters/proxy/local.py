@@ -268,24 +268,23 @@ class LocalProxies:
 
         async with trio.open_nursery() as nursery:
 
-            async def user_to_job() -> None:
+            async def carry(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableStream,
+                            count: Callable[[int], None], src_side: str, dst_side: str) -> bool:
+                """One direction; a broken side closes both. True when it ended cleanly."""
                 try:
-                    await _pump(user, tunnel, up, "user", "job")
+                    await _pump(src, dst, count, src_side, dst_side)
                 except _Broken as exc:
                     _log_broken(proxy.target.key, peer, exc)
                     nursery.cancel_scope.cancel()
+                    return False
+                return True
 
             async def job_to_user() -> None:
-                try:
-                    await _pump(tunnel, user, down, "job", "user")
-                except _Broken as exc:
-                    _log_broken(proxy.target.key, peer, exc)
-                    nursery.cancel_scope.cancel()
-                    return
-                # the job's side is done: give the user's side a moment to finish, then close
-                nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, trio.current_time() + self._grace)
+                if await carry(tunnel, user, down, "job", "user"):
+                    # the job's side is done: give the user's side a moment to finish, then close
+                    nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, trio.current_time() + self._grace)
 
-            nursery.start_soon(user_to_job)
+            nursery.start_soon(carry, user, tunnel, up, "user", "job")
             nursery.start_soon(job_to_user)
 
 
