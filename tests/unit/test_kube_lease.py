@@ -31,6 +31,20 @@ async def kube(api: KubeAPIStandIn) -> AsyncIterator[KubeClient]:
     client.close()
 
 
+async def a_leads_then_b_campaigns(nursery: trio.Nursery, a: LeaderElector, b: LeaderElector) -> trio.CancelScope:
+    """``a`` takes the Lease, then ``b`` starts; the scope stops ``a``."""
+    scope_a = trio.CancelScope()
+
+    async def run_a() -> None:
+        with scope_a:
+            await a.run()
+
+    nursery.start_soon(run_a)
+    await wait_for(lambda: a.is_leader, 2)
+    await nursery.start(b.run)
+    return scope_a
+
+
 def elector(kube: KubeClient, identity: str, **kwargs: object) -> LeaderElector:
     return LeaderElector(kube, NS, LEASE, identity, lease_duration=DURATION, renew_period=RENEW, **kwargs)  # type: ignore[arg-type]
 
@@ -95,15 +109,7 @@ async def test_a_leader_that_stops_releases_and_the_other_takes_over_at_once(
     (Kubernetes API: the local stand-in, because no real API server can run on these machines.)"""
     a, b = elector(kube, "pod-a"), elector(kube, "pod-b")
     async with trio.open_nursery() as nursery:
-        scope_a = trio.CancelScope()
-
-        async def run_a() -> None:
-            with scope_a:
-                await a.run()
-
-        nursery.start_soon(run_a)
-        await wait_for(lambda: a.is_leader, 2)
-        await nursery.start(b.run)
+        scope_a = await a_leads_then_b_campaigns(nursery, a, b)
         assert not b.is_leader
         scope_a.cancel()
         took = await wait_for(lambda: b.is_leader, 2)
@@ -120,15 +126,7 @@ async def test_a_crashed_leader_is_replaced_only_after_its_lease_expires(api: Ku
     (Kubernetes API: the local stand-in, because no real API server can run on these machines.)"""
     a, b = elector(kube, "pod-a", release_on_stop=False), elector(kube, "pod-b")
     async with trio.open_nursery() as nursery:
-        scope_a = trio.CancelScope()
-
-        async def run_a() -> None:
-            with scope_a:
-                await a.run()
-
-        nursery.start_soon(run_a)
-        await wait_for(lambda: a.is_leader, 2)
-        await nursery.start(b.run)
+        scope_a = await a_leads_then_b_campaigns(nursery, a, b)
         scope_a.cancel()  # "crash": no release
         took = await wait_for(lambda: b.is_leader, DURATION * 3)
         assert took >= DURATION - RENEW * 2, f"took over after {took:.2f} s, before the lease expired"
