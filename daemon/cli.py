@@ -48,7 +48,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     register_secrets(settings)
     try:
-        key = describe_key(settings)
+        key = describe_key(settings.ssh_pkey)
     except ConfigError as exc:
         print(f"slurm-downstream: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

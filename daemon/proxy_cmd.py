@@ -27,7 +27,7 @@ import trio
 
 from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
-from adapters.ssh import SSHClient, SSHTarget, load_private_key
+from adapters.ssh import SSHClient, SSHTarget
 from config.settings import (
     _HOST_RE,
     ConfigError,
@@ -42,7 +42,7 @@ from config.settings import (
     decode_private_key,
 )
 from daemon.logs import configure_logging
-from daemon.server import _stop_on_signal
+from daemon.server import describe_key, stop_on_signal
 
 log = logging.getLogger("slurm_downstream.proxy")
 
@@ -74,10 +74,7 @@ def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
     """The SSH half of the daemon's settings, with the daemon's checks; raises ConfigError."""
     addr, user = cluster_login(env)
     pem = decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY"))
-    try:
-        load_private_key(pem)
-    except ValueError as exc:
-        raise ConfigError("JARVICE_SLURM_SSH_PKEY", str(exc)) from None
+    describe_key(pem)  # refuses an unusable key with the daemon's message
     return SSHTarget(
         host=addr,
         port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
@@ -109,7 +106,7 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
     async with SSHClient(ssh_target) as ssh:
         proxies = LocalProxies(ssh, bind=listen_host, public_host=listen_host, ports=(listen_port, listen_port))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             await nursery.start(proxies.run)
             status = await proxies.start(target)
             if status.state is ProxyState.FAILED:

@@ -43,10 +43,10 @@ def ssh_target(settings: Settings) -> SSHTarget:
     )
 
 
-def describe_key(settings: Settings) -> str:
+def describe_key(pem: str) -> str:
     """Type and fingerprint of the client key; raises ConfigError if it is unusable."""
     try:
-        key = load_private_key(settings.ssh_pkey)
+        key = load_private_key(pem)
     except ValueError as exc:
         raise ConfigError("JARVICE_SLURM_SSH_PKEY", str(exc)) from None
     return f"{key.algorithm.decode()} {key.get_fingerprint()}"
@@ -155,7 +155,7 @@ def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, star
 async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until cancelled or signalled; report the bound address when serving."""
-    key = describe_key(settings)
+    key = describe_key(settings.ssh_pkey)
     for line in init_report(settings, key):
         log.info(line)
     journal = Journal(settings.journal)
@@ -179,7 +179,7 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
             lambda: admin_state(downstream, ssh, settings, started_at, preflight), metrics))
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             downstream.proxies = await start_proxies(nursery, settings, ssh)
             downstream.tunnels = ssh
             if settings.proxy.leader_election:
@@ -232,7 +232,7 @@ async def _poll_while_leading(downstream: Downstream) -> None:
         downstream.stand_by()
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def stop_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s, stopping", signal.Signals(signum).name)
