@@ -243,8 +243,9 @@ def script_field_mutations() -> st.SearchStrategy[tuple[str, str | None, tuple[s
         _field("JOBOBJ_APPDEFVERSION", bad_int),
         _field("JOBOBJ_APPDEFVERSION", st.sampled_from(["0", "1", "-1"]), "Appdef", "JOBOBJ_APPDEFVERSION"),
         _field("JARVICE_CPU_CORES", bad_int | st.sampled_from(["0", "-1", "100001"])),
-        _field("JOBOBJ_GPUS", bad_int | st.sampled_from(["65", "-1"])),
-        _field("JOBOBJ_RAM", bad_int | st.sampled_from(["-1", "1000001"])),
+        # an empty JOBOBJ_GPUS or JOBOBJ_RAM means "none asked" (the default 0), as upstream writes it
+        _field("JOBOBJ_GPUS", bad_int.filter(bool) | st.sampled_from(["65", "-1"])),
+        _field("JOBOBJ_RAM", bad_int.filter(bool) | st.sampled_from(["-1", "1000001"])),
         _field("JOBOBJ_INTERACTIVE", inj | st.sampled_from(["yes", "1", "", "Tru", "True\u200b"])),
         _field("JOBOBJ_WALLTIME", inj | st.sampled_from(["1h", "١:٠٠", "1:00:00 ", "9" * 12, "1:2:3:4", "-1"])),
         _field("JOBOBJ_LICENSES", inj | st.sampled_from(["matlab 2", "a:b", ",", "a:١"])),
@@ -407,9 +408,9 @@ def job_calls(draw: st.DrawFn) -> Call:
     path = "/request/" + "/".join(segment(s) for s in segments)
     body, content_type = draw(encoded(_json_text({"qs": qs})))
     decoded = "/".join(str(s) for s in segments)
-    if decoded.startswith("/") or "\n" in decoded:
-        # the route's path converter ([^/].*? without DOTALL) needs a first character and no
-        # newline: no route matches, a JSON 404
+    if decoded.startswith("/") or "\n" in decoded[1:]:
+        # the route's path converter ([^/].*? without DOTALL) needs a first character that is not
+        # "/" (a newline will do) and no newline after it: no route matches, a JSON 404
         words, expect = ("not found",), frozenset({404})
     elif words:
         # a decoded segment holding "/" changes the number of parts: refused as a malformed path
