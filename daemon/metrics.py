@@ -14,10 +14,11 @@ proxy bytes by direction. A per-job label would grow without limit.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,7 +26,7 @@ from prometheus_client.registry import Collector
 from quart import Quart, request, request_started
 
 from adapters.errors import ClusterUnavailable
-from adapters.ssh import CommandResult, CommandRunner
+from adapters.ssh import CommandResult, CommandRunner, Shell, ShellOpener
 
 PREFIX = "slurm_downstream"
 # Slurm round trips are 2-100 ms on a healthy link; the tail is what matters
@@ -144,6 +145,27 @@ class Metrics:
     def timed(self, runner: CommandRunner) -> TimedRunner:
         return TimedRunner(runner, self)
 
+    @contextlib.contextmanager
+    def timing(self, command: str) -> Iterator[Callable[[bool], None]]:
+        """Time one remote command (or shell program) under its program's label; count its failure.
+
+        Yields ``failed(bool)`` for an answer that came back but says the command failed.
+        """
+        label = command_label(command)
+        started = time.perf_counter()
+
+        def failed(yes: bool = True) -> None:
+            if yes:
+                self.slurm_command_failures.labels(label).inc()
+
+        try:
+            yield failed
+        except ClusterUnavailable:
+            failed()
+            raise
+        finally:
+            self.slurm_command_seconds.labels(label).observe(time.perf_counter() - started)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -162,21 +184,30 @@ class TimedRunner:
         self.metrics = metrics
 
     async def run(self, command: str, *, stdin: str | None = None, timeout: float | None = None) -> CommandResult:
-        label = command_label(command)
-        started = time.perf_counter()
-        try:
+        with self.metrics.timing(command) as failed:
             result = await self.inner.run(command, stdin=stdin, timeout=timeout)
-        except ClusterUnavailable:
-            self.metrics.slurm_command_failures.labels(label).inc()
-            raise
-        finally:
-            self.metrics.slurm_command_seconds.labels(label).observe(time.perf_counter() - started)
-        if not result.ok:
-            self.metrics.slurm_command_failures.labels(label).inc()
+            failed(not result.ok)
         return result
+
+    async def open_shell(self) -> Shell:
+        """The wrapped runner's kept shell, its programs timed like commands."""
+        return _TimedShell(await cast(ShellOpener, self.inner).open_shell(), self.metrics)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class _TimedShell:
+    def __init__(self, shell: Shell, metrics: Metrics) -> None:
+        self.inner = shell
+        self.metrics = metrics
+
+    async def exchange(self, program: str, *, end: str, timeout: float | None = None) -> str:
+        with self.metrics.timing(program):
+            return await self.inner.exchange(program, end=end, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def instrument(app: Quart, metrics: Metrics) -> None:

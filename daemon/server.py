@@ -17,8 +17,8 @@ from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
 from adapters.proxy.base import ProxyBackend
 from adapters.proxy.local import LocalProxies
-from adapters.slurm.client import SlurmClient
-from adapters.ssh import CommandRunner, SSHClient, SSHTarget, load_private_key
+from adapters.slurm.client import SUBMIT_SHELLS, SlurmClient
+from adapters.ssh import SSHClient, SSHTarget, load_private_key
 from config.settings import ConfigError, Settings
 from daemon.admin import admin_blueprint, config_view
 from daemon.api import VERSION, create_app
@@ -97,12 +97,15 @@ async def connectivity_test(downstream: Downstream) -> bool:
 
 def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metrics: Metrics | None = None) -> Downstream:
     metrics = metrics or Metrics(version=VERSION, ssh=ssh)
-    runner: CommandRunner = metrics.timed(ssh)
-    slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir)
+    runner = metrics.timed(ssh)
+    # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
+    shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
+    slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir, shells=runner,
+                        max_shells=shells)
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
-                            upstream_sessions=settings.ssh_max_sessions - 1)
+                            upstream_sessions=settings.ssh_max_sessions - 1 - shells)
     metrics.jobs = downstream.book.counts
     metrics.refused = lambda: downstream.book.machine.rejected
     return downstream

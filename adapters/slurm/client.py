@@ -19,7 +19,7 @@ from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, Downs
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
-from adapters.ssh import CommandResult, CommandRunner
+from adapters.ssh import CommandResult, CommandRunner, Shell, ShellEnded, ShellOpener
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def _check_jobid(jobid: str) -> str:
 
 MAX_BATCH = 32  # sbatch calls sent together at most
 SUBMIT_STREAMS = 4  # batches on the wire at once: slurmctld takes concurrent sbatch RPCs faster than serial ones
+SUBMIT_SHELLS = 2  # kept shells for sbatch at most; batches beyond them run as one-off `sh -s` commands
 
 
 def command_error(command: str, result: CommandResult) -> DownstreamError:
@@ -128,8 +129,13 @@ class _PendingSubmit:
 
 
 class SlurmClient:
-    def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto") -> None:
+    def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto",
+                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS) -> None:
         self.runner = runner
+        self.shells = shells if max_shells > 0 else None  # where sbatch runs without a session per job
+        self._idle_shells: list[Shell] = []
+        self._shells_open = 0
+        self._max_shells = max_shells
         self.user = user
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.jobs_dir = f"{self.scratch_dir}/.jarvice"
@@ -184,26 +190,60 @@ class SlurmClient:
 
     async def _sbatch_batch(self, batch: list[_PendingSubmit]) -> None:
         try:
-            if len(batch) == 1:  # alone: the script on stdin, as a person would run it
+            if len(batch) == 1 and self.shells is None:  # alone: the script on stdin, as a person would run it
                 one = batch[0]
                 command = "sbatch " + " ".join(shlex.quote(a) for a in one.submission.sbatch_args)
                 one.settle(command, await self._run(command, stdin=one.submission.batch_script, check=False))
                 return
-            program = "".join(p.shell(i) for i, p in enumerate(batch))
-            result = await self._run("sh -s", stdin=program)
+            output = await self._program("".join(p.shell(i) for i, p in enumerate(batch)))
         except BaseException as exc:  # the link, or the cancellation: every job of the batch is in doubt
             for pending in batch:
                 pending.fail(exc if isinstance(exc, DownstreamError) else AnswerLost(f"sbatch interrupted: {exc!r}"))
             raise
-        parts = result.stdout.split(_MARK)
+        parts = output.split(_MARK)
         for i, pending in enumerate(batch):
             if i + 1 >= len(parts):
                 pending.fail(AnswerLost("the batched sbatch printed no answer for this job"))
                 continue
             status = parts[i + 1].partition("\n")[0].strip()
-            output = parts[i].partition("\n")[2] if i else parts[i]
+            answer = parts[i].partition("\n")[2] if i else parts[i]
             rc = int(status) if status.isdigit() else None
-            pending.settle("sbatch", CommandResult(rc, output if rc == 0 else "", output if rc != 0 else ""))
+            pending.settle("sbatch", CommandResult(rc, answer if rc == 0 else "", answer if rc != 0 else ""))
+
+    async def _program(self, program: str) -> str:
+        """Run a batch program in a kept shell when one is free (or may be opened), else as `sh -s`."""
+        for _ in range(2):  # a shell found dead before the program reached it: once more, on a fresh one
+            shell = await self._take_shell()
+            if shell is None:
+                return (await self._run("sh -s", stdin=program)).stdout
+            end = f"{_MARK}end-{secrets.token_hex(8)}"
+            try:
+                output = await shell.exchange(f"{program}echo '{end}'\n", end=end)
+            except ShellEnded as exc:
+                self._shells_open -= 1
+                if exc.sent:
+                    raise
+                continue
+            except BaseException:
+                self._shells_open -= 1  # the shell closed itself: its state is unknown
+                raise
+            self._idle_shells.append(shell)
+            return output
+        raise ClusterUnavailable("no shell on the login node lasted long enough to take the program")
+
+    async def _take_shell(self) -> Shell | None:
+        if self.shells is None:
+            return None
+        if self._idle_shells:
+            return self._idle_shells.pop()
+        if self._shells_open >= self._max_shells:
+            return None
+        self._shells_open += 1  # counted before the await: concurrent batches respect the limit
+        try:
+            return await self.shells.open_shell()
+        except BaseException:
+            self._shells_open -= 1
+            raise
 
     def _squeue(self, extra: str = "") -> str:
         return f"{_ENV}squeue -h -t all -u {shlex.quote(self.user)}{extra} -o {shlex.quote(parsers.SQUEUE_FORMAT)}"

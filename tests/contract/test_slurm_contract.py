@@ -79,7 +79,7 @@ async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(twin, twin, conf.executor, replace(env, scratch_dir=twin.scratch_dir))
         return
     async with open_ssh(conf) as ssh:
-        client = SlurmClient(ssh, user=conf.ssh_user, scratch_dir=conf.scratch_dir)
+        client = SlurmClient(ssh, user=conf.ssh_user, scratch_dir=conf.scratch_dir, shells=ssh)  # as in production
         await client.preflight()
         yield Harness(client, None, conf.executor, replace(env, scratch_dir=client.scratch_dir))
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from adapters.errors import ClusterUnavailable, HostKeyRejected
-from adapters.ssh import SSHClient
+from adapters.ssh import ShellEnded, SSHClient
 from daemon.server import ssh_target
 from tests.integration.conftest import settings
 
@@ -77,3 +77,67 @@ async def test_a_cancelled_command_returns_at_once_and_the_link_stays_usable() -
         assert (await ssh.run("echo still-here")).stdout == "still-here\n"
         with pytest.raises(ClusterUnavailable, match="timed out"):
             await ssh.run("sleep 30", timeout=0.5)
+
+
+END = "@@test-end@@"
+
+
+async def test_a_kept_shell_runs_programs_one_after_another_in_one_session() -> None:
+    payload = "".join(f"line {i} with 'quotes', $dollars, `ticks` and a \\backslash\n" for i in range(2000))
+    async with SSHClient(target(), max_sessions=2) as ssh:
+        shell = await ssh.open_shell()
+        pids = [await shell.exchange(f"echo $$; echo oops >&2; echo '{END}'", end=END) for _ in range(3)]
+        echoed = await shell.exchange(f"cat <<'X_EOF'\n{payload}X_EOF\necho '{END}'", end=END)
+        commands = ssh.commands
+        await shell.aclose()
+        assert (await ssh.run("echo after")).stdout == "after\n"
+    assert len(set(pids)) == 1 and pids[0].split("\n")[0].isdigit(), pids  # the same sh answered each time
+    assert pids[0] == f"{pids[0].split()[0]}\noops\n"  # its stderr comes back in order, never blocks
+    assert echoed == payload
+    assert commands == 0  # no session opened per program
+
+
+async def test_a_shell_killed_on_the_login_node_is_reported_unsent_and_frees_its_session() -> None:
+    async with SSHClient(target(), max_sessions=1) as ssh:
+        shell = await ssh.open_shell()
+        pid = (await shell.exchange(f"echo $$; echo '{END}'", end=END)).strip()
+        subprocess.run(["kill", "-KILL", pid], check=True)
+        await trio.sleep(0.3)
+        with pytest.raises(ShellEnded) as ended:
+            await shell.exchange(f"echo never; echo '{END}'", end=END)
+        assert not ended.value.sent  # nothing reached a shell: safe to run elsewhere
+        with trio.fail_after(5):  # its one session slot is free again
+            assert (await ssh.run("echo next")).stdout == "next\n"
+        assert ssh.connects == 1  # the connection itself never broke
+
+
+async def test_a_shell_that_dies_mid_program_says_the_program_was_sent() -> None:
+    async with SSHClient(target()) as ssh:
+        shell = await ssh.open_shell()
+        with pytest.raises(ShellEnded) as ended:
+            await shell.exchange(f"echo started; kill -KILL $$; echo '{END}'", end=END)
+        assert ended.value.sent
+
+
+async def test_a_program_past_its_timeout_is_killed_with_its_shell() -> None:
+    async with SSHClient(target(), max_sessions=1) as ssh:
+        shell = await ssh.open_shell()
+        with pytest.raises(ClusterUnavailable, match="timed out"):
+            await shell.exchange(f"sleep 31.3; echo '{END}'", end=END, timeout=0.5)
+        await trio.sleep(0.3)
+        assert subprocess.run(["pgrep", "-f", "sleep 31.3"], capture_output=True).returncode == 1, "remote program survived"
+        with pytest.raises(ShellEnded):
+            await shell.exchange(f"echo '{END}'", end=END)  # never used again
+        with trio.fail_after(5):
+            assert (await ssh.run("echo next")).stdout == "next\n"
+
+
+async def test_an_open_shell_holds_a_session_slot_until_closed() -> None:
+    async with SSHClient(target(), max_sessions=1) as ssh:
+        shell = await ssh.open_shell()
+        with trio.move_on_after(0.5) as waited:
+            await ssh.run("true")
+        assert waited.cancelled_caught  # MaxSessions is never exceeded: the command waits for the slot
+        await shell.aclose()
+        with trio.fail_after(5):
+            await ssh.run("true")
