@@ -9,6 +9,14 @@ The 100- and 1,000-job tiers are real: held Slurm jobs on the test cluster,
 polled by the real daemon over SSH. 10,000 real jobs would take minutes to
 submit, so that tier runs the real daemon stack (Downstream, create_app,
 hypercorn on a socket) over the simulated Slurm twin (``bench.simulated``).
+
+Eight clients calling flat out is a saturation test: on two cores shared by the
+client and the daemon, their latency is the queue of calls waiting for a core,
+whatever the daemon does. So the 10,000-job tier also measures (a) the floor:
+the same client against a bare hypercorn app that answers at once
+(``bench.floor``), and (b) an upstream that polls every job on a timer, open
+loop, through the same 8 connections (``bench.upstream_load``), at 250, 500 and
+1,000 calls per second (every job every 40, 20 and 10 s).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import trio
 
+from bench import upstream_load
 from bench.context import Context, JobRef, Live
 from bench.stats import median_of, ms, show, summary
 
@@ -31,6 +40,9 @@ REP_SECONDS = {1: 0.8, CONCURRENCY: 1.0}  # per repetition: together they span m
 MAX_CALLS = 5_000  # per repetition, whatever the speed
 WARMUP = 40
 FINISHED_REAL = 24  # jobs run to the end for /exitstatus in the real tiers
+OPEN_LOOP_RATES = (250, 500, 1000)  # /runstatus calls per second asked by a timer-driven upstream
+OPEN_LOOP_SECONDS = 5.0  # per rate: two and a half polls
+FLOOR_ARGV = [sys.executable, "-m", "bench.floor"]
 
 Call = Callable[[int], Awaitable[httpx.Response]]
 
@@ -164,6 +176,42 @@ def _print(tier: dict) -> None:
           "answer bytes"], rows, notes)
 
 
+def _print_open_loop(tier: dict) -> None:
+    rows = [[r["demanded_per_s"], r["achieved_per_s"], r["response_median_ms"], r["response_p99_ms"],
+             r["service_p99_ms"], r["backlog"], r["errors"]] for r in tier["open_loop"]]
+    rows += [[f"floor: bare hypercorn app, {label}", r["rps"], r["median_ms"], r["p99_ms"], None, None, None]
+             for label, r in tier["floor"].items()]
+    show(f"1b. /runstatus at upstream's pace, {tier['jobs']:,} tracked jobs ({tier['kind']})",
+         ["calls/s asked", "calls/s answered", "median ms", "p99 ms", "p99 ms once sent", "backlog", "errors"], rows, [
+             f"open loop: every tracked job's /runstatus once per period, on a timer, through {CONCURRENCY} keep-alive "
+             "connections; 'median/p99' run from the call's scheduled time to its answer (waiting for a free "
+             f"connection included), over {OPEN_LOOP_SECONDS:g} s per rate, so two polls fall inside",
+             "floor: the same client and concurrency flat out against a hypercorn app with no daemon behind it "
+             "(bench/floor.py), to tell the daemon's share of the saturated 8-client figures from the client's and "
+             "the server stack's on these two cores"])
+
+
+async def open_loop(upstream, active: list[JobRef]) -> list[dict]:  # noqa: ANN001 - tests.support.upstream.Upstream
+    """/runstatus for every active job, once per period, at each of OPEN_LOOP_RATES."""
+    calls = [lambda job=job: upstream.post("/runstatus", job.args) for job in active]
+    results = []
+    for rate in OPEN_LOOP_RATES:
+        await upstream_load.drive(calls[:200], period=200 / rate, window=0.5, concurrency=CONCURRENCY)  # warm-up
+        results.append(await upstream_load.drive(calls, period=len(calls) / rate, window=OPEN_LOOP_SECONDS,
+                                                 concurrency=CONCURRENCY))
+    return results
+
+
+async def floor(ctx: Context) -> dict[str, dict]:
+    """The client's and the server stack's own latency: the same calls against bench.floor."""
+    live = await ctx.daemon("floor", argv=FLOOR_ARGV)
+    try:
+        call = lambda i: live.proc.client.post("/runstatus", data={"args": "{}"})  # noqa: E731
+        return {"1 client": await measure(call, concurrency=1), f"{CONCURRENCY} clients": await measure(call)}
+    finally:
+        await ctx.stop("floor")
+
+
 def _record(ctx: Context, tier: dict) -> dict:
     ctx.results.setdefault("api_latency", {"tiers": []})["tiers"].append(tier)
     _print(tier)
@@ -205,4 +253,8 @@ async def run_simulated(ctx: Context, jobs: int) -> dict:
                       "round trip here",
             "endpoints": await endpoints(ctx, live, active, finished)}
     tier["rss_kb"] = live.proc.status()
-    return _record(ctx, tier)
+    tier["open_loop"] = await ctx.undisturbed("open loop", lambda: open_loop(live.proc.upstream, active))
+    tier["floor"] = await floor(ctx)
+    _record(ctx, tier)
+    _print_open_loop(tier)
+    return tier

@@ -42,10 +42,12 @@ def _vm() -> dict[str, int]:
     return values
 
 
-def squeue_text(jobs: int, *, changed: bool = False) -> str:
+def squeue_text(jobs: int, *, changed: bool = False, tick: int = 0) -> str:
     """``jobs`` lines as the daemon's squeue prints them: 60 % held, 10 % pending, 30 % running.
 
     ``changed``: a tenth of the jobs (held ones) have started and another tenth (running ones) completed.
+    ``tick``: polls since the first; running jobs' elapsed times move on 2 s per poll, so their
+    lines differ from one poll to the next as they do on a cluster.
     """
     from adapters.slurm.parsers import SEP
 
@@ -53,7 +55,8 @@ def squeue_text(jobs: int, *, changed: bool = False) -> str:
     for i in range(jobs):
         share = i / jobs
         jobid, name, comment = str(20_000_000 + i), f"jarvice_20261123-benchfp-alice_fp-{i:05d}", f"jarvice:{i}"
-        elapsed = f"{i % 3}-{i % 24:02d}:{i % 60:02d}:{(7 * i) % 60:02d}" if i % 2 else f"{i % 60}:{(3 * i) % 60:02d}"
+        elapsed = (f"{i % 3}-{i % 24:02d}:{i % 60:02d}:{(7 * i + 2 * tick) % 60:02d}" if i % 2
+                   else f"{i % 60}:{(3 * i + 2 * tick) % 60:02d}")
         nodes = "node[1-2]" if i % 5 == 0 else f"node{1 + i % 2}"
         if changed and share < 0.1:
             fields = (jobid, name, "R", "0:01", nodes, "None", comment)
@@ -101,13 +104,16 @@ async def _child(jobs: int) -> dict:
 
     first = await cycle()
     after_first = _vm()
-    steady = [await cycle() for _ in range(STEADY_POLLS)]
+    steady = []
+    for tick in range(1, STEADY_POLLS + 1):
+        runner.text = squeue_text(jobs, tick=tick)
+        steady.append(await cycle())
     parse = []
     for _ in range(STEADY_POLLS):
         t0 = time.process_time()
         parsers.parse_squeue(runner.text)
         parse.append(time.process_time() - t0)
-    runner.text = squeue_text(jobs, changed=True)
+    runner.text = squeue_text(jobs, changed=True, tick=STEADY_POLLS + 1)
     changed = await cycle()
     return {
         "jobs_in_squeue": jobs,

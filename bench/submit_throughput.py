@@ -7,7 +7,11 @@ script the daemon renders for it), on the same cluster, in the same run:
   its persistent SSH connection), from 1 client and from 8 concurrent clients;
 * raw ``sbatch`` over one persistent SSH connection (plain asyncssh on asyncio,
   script on stdin as the daemon sends it): the limit the daemon is held to;
-* raw ``sbatch`` run locally as root (no SSH at all): the cluster's own limit.
+* raw ``sbatch`` run locally as root (no SSH at all): the cluster's own limit;
+* raw ``sbatch`` written one after another into one kept ``sh`` over the same
+  kind of connection (what the daemon does, minus HTTP and the daemon): the limit
+  of that way of submitting. The target compares the daemon with the row above it,
+  one SSH command per sbatch, as the issue asks.
 
 All SSH traffic goes through counting sshds with the same ForceCommand wrapper,
 so the wrapper's cost (one bash exec per command) is on both sides. The daemon's
@@ -77,6 +81,37 @@ def _raw_ssh(env: dict[str, str], count: int, parallel: int, name: str) -> tuple
     return asyncio.run(go())
 
 
+def _raw_shell(env: dict[str, str], count: int, name: str) -> tuple[float, list[str]]:
+    """``count`` sbatch one after another into one kept ``sh`` on one asyncssh connection: (seconds, job ids)."""
+    settings = load(env)
+    sbatch_args, script = same_job(env, name)
+    command = "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args)
+    end = "@@bench-end@@"
+
+    async def go() -> tuple[float, list[str]]:
+        ids: list[str] = []
+        key = asyncssh.import_private_key(settings.ssh_pkey)
+        async with asyncssh.connect(settings.cluster_addr, settings.cluster_port, username=settings.ssh_user,
+                                    client_keys=[key], known_hosts=settings.ssh_known_hosts, agent_path=None,
+                                    config=[]) as conn:
+            shell = await conn.create_process("sh", encoding="utf-8")
+
+            async def one() -> None:
+                shell.stdin.write(f"{command} 2>&1 <<'BENCH_EOF'\n{script}BENCH_EOF\necho '{end}'\n")
+                ids.append((await shell.stdout.readuntil(end + "\n")).split(";")[0].strip())
+
+            for _ in range(WARMUP):
+                await one()
+            started = time.perf_counter()
+            for _ in range(count):
+                await one()
+            seconds = time.perf_counter() - started
+            shell.close()
+            return seconds, ids
+
+    return asyncio.run(go())
+
+
 async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, work: Path) -> tuple[float, list[str]]:
     """``count`` sbatch run locally as root (a shell loop, or xargs -P): (seconds, job ids)."""
     sbatch_args, script = same_job(env, name)
@@ -118,6 +153,8 @@ async def run(ctx: Context) -> dict:
         async def once() -> tuple[float, list[str]]:
             if runner == "ssh":
                 return await trio.to_thread.run_sync(_raw_ssh, raw_sshd.env(), count, parallel, name)
+            if runner == "shell":
+                return await trio.to_thread.run_sync(_raw_shell, raw_sshd.env(), count, name)
             return await _raw_local(raw_sshd.env(), count, parallel, name, ctx.work)
 
         seconds, ids = await ctx.undisturbed(label, once)
@@ -129,6 +166,7 @@ async def run(ctx: Context) -> dict:
     await raw(f"raw sbatch, local as root, {CONCURRENCY} parallel", "local", RAW_PARALLEL, CONCURRENCY)
     await raw("raw sbatch, one SSH connection, sequential", "ssh", RAW_SEQUENTIAL, 1)
     await raw(f"raw sbatch, one SSH connection, {CONCURRENCY} parallel", "ssh", RAW_PARALLEL, CONCURRENCY)
+    await raw("raw sbatch, one kept shell on one SSH connection, sequential", "shell", RAW_SEQUENTIAL, 1)
 
     await ctx.submit_many(live, WARMUP, tag="w", held=True, concurrency=1)
     for label, count, clients in (("daemon /submit, 1 client", DAEMON_SEQUENTIAL, 1),
@@ -158,7 +196,9 @@ async def run(ctx: Context) -> dict:
              f"{result['daemon_vs_raw_ssh_parallel']:.0%} with {CONCURRENCY} in parallel (target: at least 80%)",
              "raw: the very sbatch options and script the daemon renders for these jobs; over SSH: plain asyncssh, "
              "script on stdin, through a counting sshd like the daemon's; "
-             "'(after)': measured again once Slurm holds the daemon's jobs too",
+             "'(after)': measured again once Slurm holds the daemon's jobs too; 'one kept shell': sbatch after sbatch "
+             "written into one long-lived sh, as the daemon submits (its SSH sessions hold no sbatch count, "
+             "so 'squeue meanwhile' counts polls only)",
              f"the daemon also polls (every {live.poll_interval:g}s, and after each submit) on the same connection "
              f"while submitting; {result['tracked_after']:,} jobs tracked afterwards"])
     ctx.results["submit_throughput"] = result

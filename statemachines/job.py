@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from transitions import Machine, MachineError
 
@@ -135,17 +136,30 @@ class Job:
 
     @property
     def final(self) -> bool:
-        return JobState(self.state).final
+        return self.state in FINAL_STATES  # a StrEnum: the state's name hashes as the member does
 
     def elapsed_at(self, now: float) -> int:
         """Running jobs age between polls; answer without asking Slurm again."""
-        if JobState(self.state) in _RUNNING and self.observed_at:
+        if self.state in _RUNNING and self.observed_at:
             return self.elapsed + max(0, int(now - self.observed_at))
         return self.elapsed
 
     # machine callbacks (send_event=True: each gets the EventData)
     def on_enter_final(self, event: object) -> None:
         self.outbox.append(Finished(self.jobid, JobState(self.state)))
+
+
+class Observed(Protocol):
+    """What the machine reads of one poll's view of a job: an Observation, or a parsed squeue line as it is."""
+
+    @property
+    def code(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+    @property
+    def elapsed(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -184,7 +198,7 @@ def build_machine() -> Machine:
     return machine
 
 
-def target_for(observation: Observation) -> JobState | None:
+def target_for(observation: Observed) -> JobState | None:
     """The state an observation points to; None when the code says nothing certain."""
     phase = phase_of(observation.code, observation.reason)
     if phase is Phase.UNKNOWN:
@@ -260,7 +274,7 @@ class JobMachine:
         return self.fire(job, "reject")
 
     @staticmethod
-    def record(job: Job, obs: Observation, now: float) -> JobState | None:
+    def record(job: Job, obs: Observed, now: float) -> JobState | None:
         """Take what a poll saw into the job's data; the state it points to (None: unknown code)."""
         target = target_for(obs)
         job.code, job.reason, job.observed_at = obs.code, obs.reason, now
@@ -272,7 +286,7 @@ class JobMachine:
             job.termination = long_name(obs.code)
         return target
 
-    def observe(self, job: Job, obs: Observation, now: float) -> list[Effect]:
+    def observe(self, job: Job, obs: Observed, now: float) -> list[Effect]:
         """A poll saw the job. Stale or backwards observations update nothing but data."""
         current = JobState(job.state)
         if current.final:

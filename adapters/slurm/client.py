@@ -136,6 +136,7 @@ class SlurmClient:
         self._idle_shells: list[Shell] = []
         self._shells_open = 0
         self._max_shells = max_shells
+        self._lines: dict[str, SlurmJob] = {}  # the last poll's squeue lines, parsed (parse_squeue_counting's memo)
         self.user = user
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.jobs_dir = f"{self.scratch_dir}/.jarvice"
@@ -252,7 +253,7 @@ class SlurmClient:
         started = trio.current_time()
         result = await self._run(self._squeue())
         # Off the trio thread: 10,000 lines take ~40 ms of CPU, which would hold every request that long.
-        jobs, skipped = await trio.to_thread.run_sync(parsers.parse_squeue_counting, result.stdout)
+        jobs, skipped = await trio.to_thread.run_sync(parsers.parse_squeue_counting, result.stdout, self._lines)
         return Poll(started_at=started, jobs=jobs, complete=not skipped)
 
     async def ping(self) -> None:

@@ -93,11 +93,23 @@ def parse_squeue(output: str) -> dict[str, SlurmJob]:
     return parse_squeue_counting(output)[0]
 
 
-def parse_squeue_counting(output: str) -> tuple[dict[str, SlurmJob], int]:
-    """The jobs, and how many lines were skipped: a poll with skipped lines proves no job gone."""
+def parse_squeue_counting(output: str, memo: dict[str, SlurmJob] | None = None) -> tuple[dict[str, SlurmJob], int]:
+    """The jobs, and how many lines were skipped: a poll with skipped lines proves no job gone.
+
+    ``memo``: the previous answer's lines and their jobs. A line printed again as it
+    was (a pending job's, mostly) is not parsed again: its job is the same object,
+    which also lets the book see at once that nothing changed. It is refilled with
+    this answer's lines, so it never holds more than one answer.
+    """
     jobs: dict[str, SlurmJob] = {}
     skipped = 0
+    previous = memo or {}
+    parsed: dict[str, SlurmJob] = {}  # this answer's lines
     for line in output.splitlines():
+        known = previous.get(line)
+        if known is not None:
+            jobs[known.jobid] = parsed[line] = known
+            continue
         if not line.strip():
             continue
         fields = line.split(SEP)
@@ -110,7 +122,7 @@ def parse_squeue_counting(output: str) -> tuple[dict[str, SlurmJob], int]:
         if name is None:
             continue
         try:
-            jobs[jobid.strip()] = SlurmJob(
+            job = jobs[jobid.strip()] = SlurmJob(
                 jobid=jobid.strip(),
                 name=name,
                 code=to_code(code),
@@ -122,6 +134,11 @@ def parse_squeue_counting(output: str) -> tuple[dict[str, SlurmJob], int]:
         except ParseError as exc:
             log.warning("squeue: skipped job %s: %s", jobid, exc)
             skipped += 1
+            continue
+        parsed[line] = job
+    if memo is not None:
+        memo.clear()
+        memo.update(parsed)
     return jobs, skipped
 
 

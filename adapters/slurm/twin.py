@@ -56,6 +56,7 @@ class SimJob:
     ended: float | None = None
     rc: int | None = None  # the job's exit-code file, once task 0 wrote it
     output: str = ""
+    shown: SlurmJob | None = field(default=None, repr=False)  # the last poll's view, reused while unchanged
 
     @property
     def finished(self) -> bool:
@@ -160,10 +161,18 @@ class SimulatedSlurm:
             raise ClusterUnavailable("SSH to simulated login node failed: connection lost")
 
     def _view(self, job: SimJob) -> SlurmJob:
+        """The job's squeue line; the same object as last time when the line would read the same,
+        as the real client's parser hands out for an unchanged line."""
         end = job.ended if job.ended is not None else self.time
         elapsed = int(end - job.started) if job.started is not None else 0
-        return SlurmJob(jobid=job.jobid, name=job.slurm_name[len(JOB_PREFIX):], code=job.code, elapsed=elapsed,
-                        nodes=job.nodes, reason="JobHeldUser" if job.held else job.reason, comment=job.comment)
+        reason = "JobHeldUser" if job.held else job.reason
+        shown = job.shown
+        if (shown is not None and shown.code == job.code and shown.elapsed == elapsed and shown.nodes == job.nodes
+                and shown.reason == reason):
+            return shown
+        job.shown = SlurmJob(jobid=job.jobid, name=job.slurm_name[len(JOB_PREFIX):], code=job.code, elapsed=elapsed,
+                             nodes=job.nodes, reason=reason, comment=job.comment)
+        return job.shown
 
     def _visible(self) -> dict[str, SlurmJob]:
         return {jobid: self._view(j) for jobid, j in self.jobs.items() if j.slurm_name.startswith(JOB_PREFIX)}
