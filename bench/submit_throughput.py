@@ -22,6 +22,7 @@ benchmarks. The raw jobs are cancelled at once.
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 import shlex
 import time
 from functools import partial
@@ -34,7 +35,7 @@ from adapters import jobscript
 from bench.cluster import cancel, local_env
 from bench.context import CONCURRENCY, Context, Live
 from bench.stats import median_of, ms, show, summary
-from config.settings import load
+from config.settings import Settings, load
 from daemon.server import script_environment
 from tests.support.upstream import submit_args
 
@@ -54,18 +55,26 @@ def same_job(env: dict[str, str], name: str) -> tuple[list[str], str]:
     return sbatch_args, submission.batch_script
 
 
+def _raw_job(env: dict[str, str], name: str) -> tuple[Settings, str, str]:
+    """The settings, the sbatch command line and the script of a raw submit under ``name``."""
+    sbatch_args, script = same_job(env, name)
+    return load(env), "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args), script
+
+
+def _connect(settings: Settings) -> AbstractAsyncContextManager[asyncssh.SSHClientConnection]:
+    """One plain asyncssh connection to the login node, as the daemon's settings describe it."""
+    key = asyncssh.import_private_key(settings.ssh_pkey)
+    return asyncssh.connect(settings.cluster_addr, settings.cluster_port, username=settings.ssh_user,
+                            client_keys=[key], known_hosts=settings.ssh_known_hosts, agent_path=None, config=[])
+
+
 def _raw_ssh(env: dict[str, str], count: int, parallel: int, name: str) -> tuple[float, list[str]]:
     """``count`` sbatch over one asyncssh connection, ``parallel`` at a time: (seconds, job ids)."""
-    settings = load(env)
-    sbatch_args, script = same_job(env, name)
-    command = "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args)
+    settings, command, script = _raw_job(env, name)
 
     async def go() -> tuple[float, list[str]]:
         ids: list[str] = []
-        key = asyncssh.import_private_key(settings.ssh_pkey)
-        async with asyncssh.connect(settings.cluster_addr, settings.cluster_port, username=settings.ssh_user,
-                                    client_keys=[key], known_hosts=settings.ssh_known_hosts, agent_path=None,
-                                    config=[]) as conn:
+        async with _connect(settings) as conn:
             gate = asyncio.Semaphore(parallel)
 
             async def one() -> None:
@@ -83,17 +92,12 @@ def _raw_ssh(env: dict[str, str], count: int, parallel: int, name: str) -> tuple
 
 def _raw_shell(env: dict[str, str], count: int, name: str) -> tuple[float, list[str]]:
     """``count`` sbatch one after another into one kept ``sh`` on one asyncssh connection: (seconds, job ids)."""
-    settings = load(env)
-    sbatch_args, script = same_job(env, name)
-    command = "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args)
+    settings, command, script = _raw_job(env, name)
     end = "@@bench-end@@"
 
     async def go() -> tuple[float, list[str]]:
         ids: list[str] = []
-        key = asyncssh.import_private_key(settings.ssh_pkey)
-        async with asyncssh.connect(settings.cluster_addr, settings.cluster_port, username=settings.ssh_user,
-                                    client_keys=[key], known_hosts=settings.ssh_known_hosts, agent_path=None,
-                                    config=[]) as conn:
+        async with _connect(settings) as conn:
             shell = await conn.create_process("sh", encoding="utf-8")
 
             async def one() -> None:
