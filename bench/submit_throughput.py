@@ -22,9 +22,9 @@ benchmarks. The raw jobs are cancelled at once.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractAsyncContextManager
 import shlex
 import time
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
 
