@@ -27,11 +27,11 @@ from adapters.proxy.local import TunnelOpener
 from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
-from adapters.slurm.parsers import SlurmJob, parse_comment, tag_interactive
+from adapters.slurm.parsers import parse_comment, tag_interactive
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
-from statemachines.job import Effect, Finished, Job, JobState, Observation, Outcome, Resolve
+from statemachines.job import Effect, Finished, Job, JobState, Outcome, Resolve
 from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ def hms(seconds: int) -> str:
     """Upstream's elapsed format: ``HH:MM:SS``, hours may exceed 24."""
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def observation(sj: SlurmJob) -> Observation:
-    """What the job machine needs of one squeue line."""
-    return Observation(code=sj.code, reason=sj.reason, nodes=sj.nodes, elapsed=sj.elapsed)
 
 
 def termination_line(state: str) -> str:
@@ -196,12 +191,11 @@ class Downstream:
         effects: list[Effect] = []
         for jobid in self.book.unknown(poll.jobs):
             sj = poll.jobs[jobid]
-            obs = observation(sj)
             known = self.book.named(sj.name)
             if known is not None and known.limbo_since is not None:
                 log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
                     extra=job_extra(sj.name, jobid))
-                effects += self.book.settle(known, jobid, obs, now=now, since=poll.started_at)
+                effects += self.book.settle(known, jobid, sj, now=now, since=poll.started_at)
                 self.journal.settle(sj.name)
                 continue
             if known is not None and not known.jobid:
@@ -215,7 +209,7 @@ class Downstream:
             tag = parse_comment(sj.comment)
             if tag is None or f"{sj.name}/{jobid}" in self._answers:
                 continue  # not submitted by a downstream, or finished and already collected
-            job = self.book.adopt(sj.name, tag.number, jobid, obs, now=now, since=poll.started_at,
+            job = self.book.adopt(sj.name, tag.number, jobid, sj, now=now, since=poll.started_at,
                                   interactive=tag.interactive)
             if job is not None:
                 job.port_index = tag.port_index
@@ -253,7 +247,7 @@ class Downstream:
             return
         now = self.clock()
         effects = self._adopt_or_settle(poll, now)
-        # a squeue line carries what an Observation does: no copy of 10,000 of them per poll
+        # a parsed squeue line is what the book observes (statemachines.job.Observed): no copies
         effects += self.book.apply_poll(poll.jobs, poll.started_at, now, poll.complete)
         self._expire_limbo(poll)
         self.execute(effects)
@@ -542,7 +536,7 @@ class Downstream:
             return False
         sj = found[-1]
         now = self.clock()
-        self.execute(self.book.settle(job, sj.jobid, observation(sj), now=now, since=now))
+        self.execute(self.book.settle(job, sj.jobid, sj, now=now, since=now))
         self.journal.settle(job.name)
         log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid,
             extra=job_extra(job.name, sj.jobid))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from statemachines.job import Effect, Job, JobMachine, JobState, Observation, Observed, Outcome, target_for
+from statemachines.job import Effect, Job, JobMachine, JobState, Observed, Outcome, target_for
 
 _QUEUED = frozenset({JobState.SUBMITTED, JobState.HELD})
 _RUNNING = frozenset({JobState.RUNNING, JobState.PROXYING})
@@ -89,7 +89,7 @@ class JobBook:
     def limbo(self) -> list[Job]:
         return [job for job in self._by_name.values() if job.limbo_since is not None]
 
-    def adopt(self, name: str, number: int, jobid: str, obs: Observation, *, now: float, since: float,
+    def adopt(self, name: str, number: int, jobid: str, obs: Observed, *, now: float, since: float,
               interactive: bool = False) -> Job | None:
         """A job Slurm runs under our name that this book does not track (a restart, another replica).
 
@@ -114,7 +114,7 @@ class JobBook:
             self._by_id[job.jobid] = job
         self.version += 1
 
-    def settle(self, job: Job, jobid: str, obs: Observation | None, *, now: float, since: float) -> list[Effect]:
+    def settle(self, job: Job, jobid: str, obs: Observed | None, *, now: float, since: float) -> list[Effect]:
         """A job in limbo turned up in Slurm: it was submitted after all."""
         job.limbo_since = None
         self._by_id[jobid] = job
