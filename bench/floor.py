@@ -1,4 +1,4 @@
-"""The HTTP stack's own floor: hypercorn on trio serving a fixed answer, no daemon behind it.
+"""The HTTP stack's own floor: hypercorn on trio, configured as the daemon serves, a fixed answer, no daemon.
 
 ``python -m bench.floor --host H --port P`` serves a bare ASGI app (no Quart,
 no Downstream) that reads each request's body and answers a fixed 72-byte JSON
@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve
+
+from daemon.server import http_config
 
 ANSWER = b'[["node1"], "00:01:40", "20261123-benchsim-alice_sim-00001/1/20000001", null]'[:72]
 
@@ -37,10 +38,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    config = Config()
-    config.bind = [f"{args.host}:{args.port}"]
-    config.accesslog = None
-    trio.run(serve, app, config)
+    trio.run(serve, app, http_config(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from adapters.journal import Journal
@@ -29,7 +28,7 @@ from adapters.slurm.twin import SimulatedSlurm
 from config.settings import Settings, load
 from daemon.api import create_app
 from daemon.logs import configure_logging
-from daemon.server import script_environment
+from daemon.server import http_config, script_environment
 from daemon.service import Downstream
 
 log = logging.getLogger("bench.simulated")
@@ -44,10 +43,7 @@ async def serve_simulated(settings: Settings, host: str, port: int, jobs: int, f
     downstream = Downstream(slurm=twin, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=Journal(settings.journal))
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    config = http_config(host, port)
     app = create_app(downstream, settings.server_key)
     async with trio.open_nursery() as nursery:
         await nursery.start(downstream.run)

@@ -155,6 +155,16 @@ def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, star
     }
 
 
+def http_config(host: str, port: int) -> HypercornConfig:
+    """How the upstream API is served (also by the benchmarks' servers, so they measure the same stack)."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5
+    return config
+
+
 async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until cancelled or signalled; report the bound address when serving."""
@@ -171,11 +181,7 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
         log_checks(log, preflight)
         log.info("")
         log.info(" Init done. Entering main loop.")
-        config = HypercornConfig()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 5
+        config = http_config(host, port)
         app = create_app(downstream, settings.server_key)
         instrument(app, metrics)
         app.register_blueprint(admin_blueprint(

@@ -5,16 +5,15 @@ from __future__ import annotations
 from functools import partial
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart
+
+from daemon.server import http_config
 
 
 async def serve_app(nursery: trio.Nursery, app: Quart) -> str:
     """Start hypercorn in ``nursery``; return the base URL once it accepts connections."""
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.graceful_timeout = 1
+    config = http_config("127.0.0.1", 0)
+    config.graceful_timeout = 1  # tests stop at once
     binds = await nursery.start(partial(hypercorn_serve, app, config))
     return binds[0]
