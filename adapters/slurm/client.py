@@ -220,13 +220,10 @@ class SlurmClient:
             end = f"{_MARK}end-{secrets.token_hex(8)}"
             try:
                 output = await shell.exchange(f"{program}echo '{end}'\n", end=end)
-            except ShellEnded as exc:
-                self._shells_open -= 1
-                if exc.sent:
-                    raise
-                continue
-            except BaseException:
-                self._shells_open -= 1  # the shell closed itself: its state is unknown
+            except BaseException as exc:
+                self._shells_open -= 1  # a failed exchange closes its shell
+                if isinstance(exc, ShellEnded) and not exc.sent:
+                    continue
                 raise
             self._idle_shells.append(shell)
             return output
