@@ -25,7 +25,14 @@ from tests.support.upstream import Upstream
 
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
 
-pytestmark = pytest.mark.cluster
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here needs the test cluster (a conftest's ``pytestmark`` marks nothing)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.cluster)
 
 
 def cluster_env() -> dict[str, str]:
