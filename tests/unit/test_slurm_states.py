@@ -6,7 +6,6 @@ import pytest
 
 from statemachines.slurm_states import (
     LONG_NAMES,
-    UNKNOWN_EXIT,
     Phase,
     exit_code_of,
     long_name,
@@ -64,10 +63,6 @@ def test_special_exit_is_held_not_finished() -> None:
 )
 def test_exit_codes(code: str, expected: int) -> None:
     assert exit_code_of(code) == expected
-
-
-def test_unknown_exit_is_minus_nine() -> None:
-    assert UNKNOWN_EXIT == -9
 
 
 @pytest.mark.parametrize(
