@@ -27,10 +27,10 @@ from pathlib import Path
 
 import trio
 
-from bench import api_latency, baseline, cluster_load, footprint, freshness, submit_throughput
+from bench import api_latency, baseline, cluster_load, footprint, freshness, proxy_throughput, submit_throughput
 from bench.cluster import ClusterMissing, cluster_env, machine
 from bench.context import Context
-from bench.stats import Skipped, show
+from bench.stats import show
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
@@ -81,33 +81,16 @@ async def _stages(ctx: Context, wanted: set[str], errors: dict[str, str]) -> Non
         print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
 
 
-def run_proxy(results: dict, errors: dict[str, str], skipped: dict[str, str]) -> None:
-    """Benchmark 6 lives in bench/proxy_throughput.py (its own ``run() -> dict``), when that exists."""
+def run_proxy(results: dict, errors: dict[str, str]) -> None:
+    """Benchmark 6 (bench/proxy_throughput.py) runs its own real job and daemon, outside the trio stages."""
     print("\n-- interactive proxy throughput ...", flush=True)
-    try:
-        from bench import proxy_throughput  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench.proxy_throughput":
-            raise
-        skipped["proxy_throughput"] = "bench/proxy_throughput.py does not exist yet (the interactive proxy issue)"
-        print(f"   skipped: {skipped['proxy_throughput']}", flush=True)
-        return
     started = time.perf_counter()
     try:
-        result = proxy_throughput.run()
-    except Skipped as exc:
-        skipped["proxy_throughput"] = str(exc)
-        print(f"   skipped: {exc}", flush=True)
-        return
+        results["proxy_throughput"] = proxy_throughput.run()
     except Exception as exc:  # noqa: BLE001 - reported like the others
         errors["interactive proxy"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
         return
-    if isinstance(result, dict) and result.get("skipped"):
-        skipped["proxy_throughput"] = str(result["skipped"])
-        print(f"   skipped: {result['skipped']}", flush=True)
-        return
-    results["proxy_throughput"] = result
     print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
 
 
@@ -216,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: load average {loadavg():.2f} before starting: other work on this machine makes the figures noisy",
               flush=True)
     errors: dict[str, str] = {}
-    skipped: dict[str, str] = {}
     ctx = Context(keep=args.keep)
 
     async def stages() -> None:
@@ -234,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         errors["run"] = "interrupted"
     results = ctx.results
     if "proxy_throughput" in wanted:
-        run_proxy(results, errors, skipped)
+        run_proxy(results, errors)
 
     headline = summarize(results)
     show("summary against the targets", ["measure", "value", "target", "met"],
@@ -250,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": host,
         "summary": headline,
         "benchmarks": results,
-        "skipped": skipped,
         "disturbed": ctx.disturbed,
         "slurmctld_outages_s": [round(b - a, 1) for a, b in ctx.watch.outages],
         "errors": errors,

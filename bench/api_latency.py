@@ -31,10 +31,9 @@ import httpx
 import trio
 
 from bench import upstream_load
-from bench.context import Context, JobRef, Live
+from bench.context import CONCURRENCY, Context, JobRef, Live
 from bench.stats import median_of, ms, show, summary
 
-CONCURRENCY = 8
 REPS = 3
 REP_SECONDS = {1: 0.8, CONCURRENCY: 1.0}  # per repetition: together they span more than one 2 s poll
 MAX_CALLS = 5_000  # per repetition, whatever the speed

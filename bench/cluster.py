@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 
 from tests.support.cluster import read_exports
+from tests.support.processes import free_port
 
 STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
 SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
@@ -126,12 +127,6 @@ def cancel_run(tag: str) -> int:
     ours = [jobid for jobid, _, name in (line.partition(" ") for line in listing.splitlines()) if tag in name]
     cancel(ours)
     return len(ours)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def machine() -> dict[str, object]:

@@ -17,7 +17,7 @@ from hypercorn.trio import serve
 
 from daemon.server import http_config
 
-ANSWER = b'[["node1"], "00:01:40", "20261123-benchsim-alice_sim-00001/1/20000001", null]'[:72]
+ANSWER = b'[["node1"], "00:01:40", "20261123-benchsim-alice_s-01/1/20000001", null]'
 
 
 async def app(scope: dict, receive, send) -> None:  # noqa: ANN001 - the ASGI callables

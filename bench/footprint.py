@@ -6,7 +6,8 @@ bench.footprint --child``) that runs the daemon's own poll path,
 answer in the real format (``parsers.SQUEUE_FORMAT``, fields split by ``SEP``)
 handed over by a runner that does no I/O. ``time.process_time`` is taken around
 the parse alone and around the whole cycle (parse + adopt/apply), for the first
-poll (10,000 adoptions), steady polls (nothing changed), and a poll where a
+poll (10,000 adoptions), steady polls (nothing changed but the running jobs'
+elapsed times, 2 s per poll), and a poll where a
 tenth of the jobs start and another tenth end. Resident memory (VmRSS, VmHWM from /proc/self/status)
 is read in the same child before and after the book holds the 10,000 jobs.
 

@@ -27,13 +27,12 @@ from bench.cluster import STATE, local_env
 from bench.context import Context, Live
 from bench.daemon_proc import job_name, submit
 from bench.stats import median_of, ms, show, summary
+from statemachines.slurm_states import Phase, phase_of, to_code
 
 JOBS = 14
 STAGGER = 0.6  # mean seconds between releases
 WATCH_PAUSE = 0.015  # between two calls of a watcher, to leave the CPUs to the daemon
 INTERVALS = (2.0, 0.5)
-RUNNING = {"R", "CG", "RH", "RS", "SI", "ST", "S", "SO"}
-PENDING = {"PD", "CF", "RD", "RF"}
 
 
 async def _watch_slurm(names: set[str], seen: dict[str, dict[str, float]], periods: list[float], done: trio.Event) -> None:
@@ -50,9 +49,10 @@ async def _watch_slurm(names: set[str], seen: dict[str, dict[str, float]], perio
             slurm_name, _, code = line.partition(" ")
             name = slurm_name.removeprefix("jarvice_")
             marks = seen.setdefault(name, {})
-            if code in RUNNING:
+            phase = phase_of(to_code(code))
+            if phase is Phase.RUNNING:
                 marks.setdefault("start", at)
-            elif code not in PENDING:
+            elif phase is Phase.FINISHED:
                 marks.setdefault("end", at)
         await trio.sleep(WATCH_PAUSE)
 

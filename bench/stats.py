@@ -8,10 +8,6 @@ import time
 from collections.abc import Iterable, Sequence
 
 
-class Skipped(Exception):  # noqa: N818 - reads as "the benchmark was skipped"
-    """A benchmark that cannot run here; its message says why (printed, recorded)."""
-
-
 def percentile(samples: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation between order statistics."""
     if not samples:

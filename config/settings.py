@@ -4,7 +4,7 @@ Every variable the daemon reads is declared here, with its default and its
 check, so an operator finds them all in one place and an invalid value stops the
 start with one line that names the variable (exit code 2), never later, in the
 middle of a job. Names follow the JARVICE seed document exactly; the few that
-are ours are marked in ``config/README.md``.
+are ours are marked ``(ours)`` in ``config/example.env``.
 """
 
 from __future__ import annotations
