@@ -31,7 +31,7 @@ import asyncssh
 import trio
 
 from adapters.aiobridge import AsyncioThread
-from adapters.errors import ClusterUnavailable, DownstreamError, HostKeyRejected
+from adapters.errors import AnswerLost, ClusterUnavailable, DownstreamError, HostKeyRejected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,11 +65,10 @@ class CommandRunner(Protocol):
 
 
 class ShellEnded(ClusterUnavailable):
-    """A long-lived shell was gone. ``sent``: whether the program had reached it (then it may have run)."""
+    """A long-lived shell was gone before a program reached it: nothing ran, the program may go elsewhere.
 
-    def __init__(self, message: str, *, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
+    (Gone after the program was sent, the shell raises AnswerLost: it may have run.)
+    """
 
 
 class Shell(Protocol):
@@ -169,13 +168,9 @@ class SSHClient:
     async def run(self, command: str, *, stdin: str | None = None, timeout: float | None = None) -> CommandResult:
         """Run ``command`` through the login shell; raise ClusterUnavailable if it cannot."""
         deadline = self._command_timeout if timeout is None else timeout
-
-        def refused(reason: str) -> DownstreamError:
-            return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {reason}")
-
         async with self._sessions:
             exit_status, out, err = await self._call(self._aio_run, command, stdin, deadline=deadline,
-                                                     what="command", refused=refused)
+                                                     what="command", refused=self._session_refused)
         self.commands += 1
         return CommandResult(exit_status, out, err)
 
@@ -207,19 +202,19 @@ class SSHClient:
     def _tunnel_closed(self) -> None:
         self.tunnels_open -= 1
 
+    def _session_refused(self, reason: str) -> DownstreamError:
+        return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {reason}")
+
     async def open_shell(self, *, timeout: float | None = None) -> RemoteShell:
         """A ``sh`` on the login node that stays open on one session channel (see RemoteShell).
 
         It holds one of the ``max_sessions`` slots until closed, like a command that never ends.
         """
         deadline = self.target.connect_timeout if timeout is None else timeout
-
-        def refused(reason: str) -> DownstreamError:
-            return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {reason}")
-
         await self._sessions.acquire()
         try:
-            proc = await self._call(self._aio_open_shell, deadline=deadline, what="opening a shell", refused=refused)
+            proc = await self._call(self._aio_open_shell, deadline=deadline, what="opening a shell",
+                                    refused=self._session_refused)
         except BaseException:
             self._sessions.release()
             raise
@@ -333,7 +328,7 @@ class SSHClient:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise _Stale("connection closed while idle")
-        proc = await conn.create_process(command, encoding="utf-8", errors="replace")
+        proc = await _opened(conn.create_process(command, encoding="utf-8", errors="replace"), _kill)
         try:
             out, err = await proc.communicate(stdin)
             if proc.exit_status is None and proc.exit_signal is None:
@@ -342,10 +337,7 @@ class SSHClient:
                 raise asyncssh.ConnectionLost("channel closed without an exit status")
             return proc.exit_status, out or "", err or ""
         except asyncio.CancelledError:
-            # Closing alone leaves the command running (sshd keeps the channel until
-            # it exits); OpenSSH >= 7.9 delivers a signal request to it.
-            with contextlib.suppress(asyncssh.Error, OSError):
-                proc.send_signal("KILL")
+            _kill(proc)
             raise
         finally:
             proc.close()
@@ -354,7 +346,7 @@ class SSHClient:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise _Stale("connection closed while idle")
-        proc = await conn.create_process("sh", encoding="utf-8", errors="replace")
+        proc = await _opened(conn.create_process("sh", encoding="utf-8", errors="replace"), _kill)
         proc.stdin.write("exec 2>&1\n")  # one stream: nobody reads stderr, whose buffer would stall the channel
         return proc
 
@@ -362,13 +354,7 @@ class SSHClient:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise _Stale("connection closed while idle")
-        opening = asyncio.ensure_future(conn.open_connection(host, port))
-        try:
-            reader, writer = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # the caller gave up: a channel that opens anyway must not stay open unowned
-            opening.add_done_callback(_close_if_opened)
-            raise
+        reader, writer = await _opened(conn.open_connection(host, port), lambda opened: opened[1].close())
         return _ChannelPump(reader, writer, tunnel)
 
     async def _aio_close(self) -> None:
@@ -387,8 +373,8 @@ class RemoteShell:
     often per second as ``sbatch`` as its own command. A program ends by printing
     ``end`` on a line; the output before it is the program's answer. Whatever goes
     wrong during an exchange (timeout, cancellation, EOF, link error), the shell's
-    state is unknown, so it is closed and never used again; ShellEnded says
-    whether the program had been sent.
+    state is unknown, so it is closed and never used again. A shell found gone
+    before the program reached it raises ShellEnded; gone after, AnswerLost.
     """
 
     def __init__(self, client: SSHClient, proc: asyncssh.SSHClientProcess, generation: int) -> None:
@@ -405,15 +391,11 @@ class RemoteShell:
         client = self._client
         if not self.usable:
             await self.aclose()
-            raise ShellEnded(f"the shell on {client.address} is closed", sent=False)
+            raise ShellEnded(f"the shell on {client.address} is closed")
         deadline = client._command_timeout if timeout is None else timeout
-
-        def refused(reason: str) -> DownstreamError:
-            return ShellEnded(f"the shell on {client.address} was refused: {reason}", sent=False)
-
         try:
             return await client._call(_aio_exchange, self._proc, program, end, deadline=deadline,
-                                      what="a program in the shell", refused=refused)
+                                      what="a program in the shell", refused=client._session_refused)
         except BaseException:
             await self.aclose()
             raise
@@ -430,23 +412,40 @@ class RemoteShell:
 
 async def _aio_exchange(proc: asyncssh.SSHClientProcess, program: str, end: str) -> str:
     if proc.is_closing() or proc.stdout.at_eof():
-        raise ShellEnded("the shell on the login node has ended", sent=False)
+        raise ShellEnded("the shell on the login node has ended")
     try:
         proc.stdin.write(program if program.endswith("\n") else program + "\n")
     except (OSError, asyncssh.Error) as exc:  # the channel closed under us: nothing was sent
-        raise ShellEnded(f"the shell on the login node has ended ({_describe(exc)})", sent=False) from None
+        raise ShellEnded(f"the shell on the login node has ended ({_describe(exc)})") from None
     try:
         answer = await proc.stdout.readuntil(end + "\n")
     except asyncio.IncompleteReadError as exc:
-        raise ShellEnded(f"the shell on the login node ended before answering (after {len(exc.partial)} bytes)",
-                         sent=True) from None
+        raise AnswerLost(f"the shell on the login node ended before answering (after {len(exc.partial)} bytes)"
+                         ) from None
     return answer[: -len(end) - 1]
 
 
 async def _aio_kill(proc: asyncssh.SSHClientProcess) -> None:
+    _kill(proc)
+
+
+def _kill(proc: asyncssh.SSHClientProcess) -> None:
+    """Closing alone leaves the command running (sshd keeps the channel until it exits);
+    OpenSSH >= 7.9 delivers a signal request to it."""
     with contextlib.suppress(asyncssh.Error, OSError):
-        proc.send_signal("KILL")  # sshd keeps a channel's command running after close, unless signalled
+        proc.send_signal("KILL")
     proc.close()
+
+
+async def _opened(opening: Awaitable[T], close: Callable[[T], object]) -> T:
+    """Await a channel's opening; if the caller gives up first, ``close`` the channel once it is open
+    (asyncssh finishes an abandoned open and keeps the channel, and sshd its session)."""
+    future = asyncio.ensure_future(opening)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or close(f.result()))
+        raise
 
 
 class Tunnel(trio.abc.HalfCloseableStream):
@@ -658,11 +657,6 @@ class _ChannelPump:
         for task in list(self._tasks):
             task.cancel()
         self._writer.close()
-
-
-def _close_if_opened(opening: asyncio.Future[tuple[asyncssh.SSHReader, asyncssh.SSHWriter]]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result()[1].close()
 
 
 class _Stale(Exception):

@@ -109,9 +109,12 @@ class _PendingSubmit:
         """Its sbatch as a line of the batch program, the script in a here-document."""
         script = self.submission.batch_script
         delimiter = f"SLURM_DOWNSTREAM_EOF_{index}_{secrets.token_hex(8)}"
-        args = " ".join(shlex.quote(a) for a in self.submission.sbatch_args)
         body = script if script.endswith("\n") else script + "\n"
-        return f"sbatch {args} 2>&1 <<'{delimiter}'; echo \"{_MARK}$?\"\n{body}{delimiter}\n"
+        return f"{self.command} 2>&1 <<'{delimiter}'; echo \"{_MARK}$?\"\n{body}{delimiter}\n"
+
+    @property
+    def command(self) -> str:
+        return "sbatch " + shlex.join(self.submission.sbatch_args)
 
     def settle(self, command: str, result: CommandResult) -> None:
         if not result.ok:
@@ -139,10 +142,14 @@ class SlurmClient:
         self._lines: dict[str, SlurmJob] = {}  # the last poll's squeue lines, parsed (parse_squeue_counting's memo)
         self.user = user
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
-        self.jobs_dir = f"{self.scratch_dir}/.jarvice"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
         self._submits: list[_PendingSubmit] = []
         self._submit_slots = trio.Semaphore(SUBMIT_STREAMS)
+
+    @property
+    def jobs_dir(self) -> str:
+        """Where job scripts leave their rc and output files (ScriptEnvironment.jobs_dir, same scratch)."""
+        return f"{self.scratch_dir.rstrip('/')}/.jarvice"
 
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
         # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
@@ -162,7 +169,6 @@ class SlurmClient:
         home = (await self._run('printf %s "$HOME"')).stdout.strip()
         if self.scratch_dir == "~":
             self.scratch_dir = home
-            self.jobs_dir = f"{home}/.jarvice"
         version = (await self._run("sbatch --version")).stdout.strip()
         config = parsers.parse_config((await self._run("scontrol show config")).stdout)
         await self._run(f"mkdir -p {shlex.quote(self.jobs_dir)} && test -w {shlex.quote(self.jobs_dir)}")
@@ -193,8 +199,7 @@ class SlurmClient:
         try:
             if len(batch) == 1 and self.shells is None:  # alone: the script on stdin, as a person would run it
                 one = batch[0]
-                command = "sbatch " + " ".join(shlex.quote(a) for a in one.submission.sbatch_args)
-                one.settle(command, await self._run(command, stdin=one.submission.batch_script, check=False))
+                one.settle(one.command, await self._run(one.command, stdin=one.submission.batch_script, check=False))
                 return
             output = await self._program("".join(p.shell(i) for i, p in enumerate(batch)))
         except BaseException as exc:  # the link, or the cancellation: every job of the batch is in doubt
@@ -213,17 +218,20 @@ class SlurmClient:
 
     async def _program(self, program: str) -> str:
         """Run a batch program in a kept shell when one is free (or may be opened), else as `sh -s`."""
-        for _ in range(2):  # a shell found dead before the program reached it: once more, on a fresh one
+        # A shell found gone before the program reached it: the next one, up to a fresh one (every
+        # kept shell may be gone after a reconnect).
+        for _ in range(self._max_shells + 1):
             shell = await self._take_shell()
             if shell is None:
                 return (await self._run("sh -s", stdin=program)).stdout
             end = f"{_MARK}end-{secrets.token_hex(8)}"
             try:
                 output = await shell.exchange(f"{program}echo '{end}'\n", end=end)
-            except BaseException as exc:
+            except ShellEnded:
                 self._shells_open -= 1  # a failed exchange closes its shell
-                if isinstance(exc, ShellEnded) and not exc.sent:
-                    continue
+                continue
+            except BaseException:
+                self._shells_open -= 1
                 raise
             self._idle_shells.append(shell)
             return output
