@@ -452,7 +452,7 @@ def sbatch_args(req: JobRequest, env: ScriptEnvironment) -> tuple[str, ...]:
     args.extend(f"--{option}={value}" for option, value in req.options)
     if req.held:
         args.append("--hold")
-    if len(" ".join(shlex.quote(a) for a in args)) > MAX_SBATCH_ARGS:  # as SlurmClient.submit sends it
+    if len(shlex.join(args)) > MAX_SBATCH_ARGS:  # as SlurmClient.submit sends it
         raise InvalidRequest(f"the sbatch options (JOBOBJ_DEVICES sbatch_*) are longer than {MAX_SBATCH_ARGS} characters")
     return tuple(args)
 
