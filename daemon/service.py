@@ -32,7 +32,7 @@ from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Outcome, Resolve
-from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
+from statemachines.slurm_states import UNKNOWN_EXIT, Phase, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,9 +240,7 @@ class Downstream:
                 await self.preflight()
             poll = await self.slurm.poll()
         except DownstreamError as exc:
-            self.status.failures += 1
-            self.status.last_error = str(exc)
-            self.metrics.observe_poll(None)
+            self._poll_failed(str(exc))
             log.warning("poll failed, jobs keep their last known state: %s", exc)
             return
         now = self.clock()
@@ -255,8 +253,7 @@ class Downstream:
         if not poll.complete:
             # A job on an unreadable line may be any state: what upstream would be
             # told of it is unknown, so the snapshot does not count as fresh.
-            self.status.failures += 1
-            self.status.last_error = "squeue printed lines that could not be read (see the log)"
+            self._poll_failed("squeue printed lines that could not be read (see the log)")
             return
         self.status.polls += 1
         self.status.ok_at = now
@@ -266,6 +263,12 @@ class Downstream:
         if self.proxies is not None and self._nursery is not None and not self._tending:
             self._tending = True
             self._nursery.start_soon(self._tend_proxies)
+
+    def _poll_failed(self, why: str) -> None:
+        """A poll that leaves the snapshot as it was: the admin page and /metrics both count it."""
+        self.status.failures += 1
+        self.status.last_error = why
+        self.metrics.observe_poll(None)
 
     def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -565,7 +568,7 @@ class Downstream:
                 else:
                     rc, elapsed, state = await self._outcome_from_cluster(name, jobid)
                 tail = await self._upstream(self.slurm.tail, jobid) or ""
-                answer = [rc if rc is not None else -9, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
+                answer = [rc if rc is not None else UNKNOWN_EXIT, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
                 self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
                 self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
                 self.journal.collected(jobid)
@@ -594,7 +597,7 @@ class Downstream:
         if facts.rc_file is not None:
             code = "CD" if facts.rc_file == 0 else "F"
             return exit_code_of(code), 0, long_name(code)
-        return -9, 0, "UNKNOWN"
+        return UNKNOWN_EXIT, 0, "UNKNOWN"
 
     async def _cleanup(self, jobid: str) -> None:
         try:
@@ -653,7 +656,7 @@ class Downstream:
     async def gc(self) -> bool:
         """Upstream's periodic clean-up: is the cluster reachable; remove proxies whose job is gone."""
         try:
-            await self.slurm.ping()
+            await self._upstream(self.slurm.ping)  # upstream's call: never on the poller's channel
         except DownstreamError:
             return False
         if self.proxies is not None:

@@ -18,8 +18,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from adapters.errors import ClusterUnavailable
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.twin import Fault, SimulatedSlurm
 from adapters.ssh import CommandResult
 from daemon.metrics import Metrics, command_label, instrument
+from daemon.service import Downstream
 from statemachines.book import JobBook
 from tests.browser.serving import serve_app
 
@@ -197,3 +200,16 @@ async def test_http_requests_are_timed_by_route_rule_and_status(nursery: trio.Nu
     endpoints = {dict(labels).get("endpoint") for (name, labels) in samples if name == count}
     assert endpoints == {"/jobs/<name>", "unmatched", "/boom"}  # raw paths never become labels
     nursery.cancel_scope.cancel()
+
+
+async def test_a_poll_with_unreadable_lines_counts_as_a_failed_poll_in_metrics_too() -> None:
+    """The admin page and /metrics agree: such a snapshot is not fresh, so it is a failure in both."""
+    twin = SimulatedSlurm()
+    twin.populate(3, prefix="20261123-metrics-alice_m")
+    downstream = Downstream(slurm=twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"))
+    await downstream.poll_once()
+    twin.inject("squeue", Fault.GARBAGE)
+    await downstream.poll_once()
+    samples = scrape(downstream.metrics)
+    assert downstream.status.failures == 1
+    assert value(samples, "slurm_downstream_poll_failures_total") == 1
