@@ -95,8 +95,7 @@ async def connectivity_test(downstream: Downstream) -> bool:
     return True
 
 
-def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metrics: Metrics | None = None) -> Downstream:
-    metrics = metrics or Metrics(version=VERSION, ssh=ssh)
+def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metrics: Metrics) -> Downstream:
     runner = metrics.timed(ssh)
     # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
     shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
