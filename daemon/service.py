@@ -32,7 +32,7 @@ from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Outcome, Resolve
-from statemachines.slurm_states import UNKNOWN_EXIT, Phase, exit_code_of, long_name, phase_of
+from statemachines.slurm_states import UNKNOWN_EXIT, Phase, code_from_rc_file, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -595,7 +595,7 @@ class Downstream:
                 raise Conflict(f"job {jobid} is still {long_name(record.code)} in Slurm; it has no exit status yet")
             return exit_code_of(record.code), record.elapsed, long_name(record.code)
         if facts.rc_file is not None:
-            code = "CD" if facts.rc_file == 0 else "F"
+            code = code_from_rc_file(facts.rc_file)
             return exit_code_of(code), 0, long_name(code)
         return UNKNOWN_EXIT, 0, "UNKNOWN"
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from transitions import Machine, MachineError
 
-from statemachines.slurm_states import Phase, exit_code_of, long_name, phase_of
+from statemachines.slurm_states import Phase, code_from_rc_file, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class JobMachine:
             return []
         code = outcome.code
         if not code and outcome.rc_file is not None:
-            code = "CD" if outcome.rc_file == 0 else "F"
+            code = code_from_rc_file(outcome.rc_file)
         if outcome.elapsed:
             job.elapsed = max(job.elapsed, outcome.elapsed)
         if outcome.nodes:

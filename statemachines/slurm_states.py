@@ -97,3 +97,8 @@ def phase_of(code: str, reason: str = "") -> Phase:
 def exit_code_of(code: str) -> int:
     """JARVICE's exit code for a finished job's Slurm state."""
     return _EXIT_CODES.get(code, UNKNOWN_EXIT)
+
+
+def code_from_rc_file(rc: int) -> str:
+    """The state a job's own exit-code file implies, when Slurm has forgotten the job."""
+    return "CD" if rc == 0 else "F"
