@@ -309,21 +309,42 @@ def _journal(env: Mapping[str, str]) -> str:
     return raw
 
 
-def cluster_login(env: Mapping[str, str]) -> tuple[str, str]:
-    """The login node's address and the SSH user, checked (the daemon and its proxy pods read them alike)."""
+@dataclass(frozen=True)
+class SSHLogin:
+    """How to log in to the login node: read alike by the daemon and by its proxy pods."""
+
+    addr: str
+    port: int
+    user: str
+    pkey: str = field(repr=False)  # PEM
+    known_hosts: str | None
+    insecure_host_key: bool
+    keepalive: float
+
+
+def ssh_login(env: Mapping[str, str]) -> SSHLogin:
+    """The SSH variables, checked."""
     addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
     if not (_HOST_RE.match(addr) or _is_ip(addr)):
         raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):
         raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
-    return addr, user
+    return SSHLogin(
+        addr=addr,
+        port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
+        user=user,
+        pkey=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
+        known_hosts=_known_hosts(env),
+        insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
+        keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
+    )
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError on the first bad one."""
     env = os.environ if env is None else env
-    addr, user = cluster_login(env)
+    login = ssh_login(env)
     server_key = _get(env, "JARVICE_SCHED_SERVER_KEY") or None
     if server_key and not _SERVER_KEY_RE.match(server_key):
         raise ConfigError("JARVICE_SCHED_SERVER_KEY", "must be user:password")
@@ -341,14 +362,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
     max_sessions = _int(env, "JARVICE_SLURM_SSH_MAX_SESSIONS", 8, 1, 1000)
     return Settings(
-        cluster_addr=addr,
-        cluster_port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
-        ssh_user=user,
-        ssh_pkey=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
-        ssh_known_hosts=_known_hosts(env),
-        ssh_insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
+        cluster_addr=login.addr,
+        cluster_port=login.port,
+        ssh_user=login.user,
+        ssh_pkey=login.pkey,
+        ssh_known_hosts=login.known_hosts,
+        ssh_insecure_host_key=login.insecure_host_key,
         ssh_max_sessions=max_sessions,
-        ssh_keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
+        ssh_keepalive=login.keepalive,
         command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),
         log_level=_log_level(env),
         https_proxy=_get(env, "JARVICE_SLURM_HTTPS_PROXY"),

@@ -28,19 +28,7 @@ import trio
 from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
-from config.settings import (
-    _HOST_RE,
-    ConfigError,
-    _bool,
-    _float,
-    _int,
-    _is_ip,
-    _known_hosts,
-    _log_level,
-    _required,
-    cluster_login,
-    decode_private_key,
-)
+from config.settings import _HOST_RE, ConfigError, _is_ip, _log_level, ssh_login
 from daemon.logs import configure_logging
 from daemon.server import describe_key, stop_on_signal
 
@@ -72,18 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
     """The SSH half of the daemon's settings, with the daemon's checks; raises ConfigError."""
-    addr, user = cluster_login(env)
-    pem = decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY"))
-    describe_key(pem)  # refuses an unusable key with the daemon's message
-    return SSHTarget(
-        host=addr,
-        port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
-        user=user,
-        private_key=pem,
-        known_hosts=_known_hosts(env),
-        insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
-        keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
-    )
+    login = ssh_login(env)
+    describe_key(login.pkey)  # refuses an unusable key with the daemon's message
+    return SSHTarget(host=login.addr, port=login.port, user=login.user, private_key=login.pkey,
+                     known_hosts=login.known_hosts, insecure_host_key=login.insecure_host_key, keepalive=login.keepalive)
 
 
 def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
