@@ -362,7 +362,6 @@ class Downstream:
         state = JobState(job.state)
         status = self.proxies.status(key)
         if state is JobState.PROXYING and (status is None or status.state is not ProxyState.SERVING):
-            job.url = ""
             job.last_error = status.error if status else "its proxy stopped"
             self.book.machine.fire(job, "proxy_down")
             state = JobState.RUNNING
@@ -385,9 +384,9 @@ class Downstream:
                 log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error, extra=job_extra(job.name, job.jobid))
                 return
         if status.state is ProxyState.SERVING and JobState(job.state) is JobState.RUNNING:
-            job.url = status.url
             self.book.machine.fire(job, "proxy_up")
-            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, job.url, extra=job_extra(job.name, job.jobid))
+            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, status.url,
+                     extra=job_extra(job.name, job.jobid))
 
     async def _node_address(self, node: str) -> str:
         if node not in self._node_addresses:
@@ -397,7 +396,6 @@ class Downstream:
     async def _stop_proxy(self, job: Job) -> None:
         if self.proxies is None:
             return
-        job.url = ""
         try:
             await self.proxies.stop(str(job.number))
         except DownstreamError as exc:  # /gc collects it later
@@ -409,7 +407,8 @@ class Downstream:
         job = self.book.get(jobid)
         if job is None or job.name != name or JobState(job.state) is not JobState.PROXYING:
             return ""
-        return job.url
+        status = self.proxy_status(job)  # the proxy's own word, not a copy of it
+        return status.url if status is not None and status.state is ProxyState.SERVING else ""
 
     def _free_port_index(self) -> int:
         used = {j.port_index for j in self.book if j.port_index is not None and not j.final}
@@ -602,7 +601,7 @@ class Downstream:
     async def _cleanup(self, jobid: str) -> None:
         try:
             await self._upstream(self.slurm.cleanup, jobid)
-        except DownstreamError as exc:  # the answer stands; files are collected by /gc later
+        except DownstreamError as exc:  # the answer stands; the files stay in the scratch dir
             log.warning("could not remove files of job %s: %s", jobid, exc, extra=job_extra("", jobid))
 
     async def terminate(self, args: Mapping[str, object]) -> bool:

@@ -128,7 +128,6 @@ class Job:
     limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped)
     adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
     port_index: int | None = None  # interactive: its service port is base + this (also in the Slurm comment)
-    url: str = ""  # interactive: what a user's browser opens, once the proxy serves
     proxy_failures: int = 0  # interactive: proxy starts that failed while the job ran
     state: JobState = JobState.QUEUED
     history: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (wall time, state)
