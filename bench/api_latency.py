@@ -32,7 +32,7 @@ import trio
 
 from bench import upstream_load
 from bench.context import CONCURRENCY, Context, JobRef, Live
-from bench.stats import median_of, ms, show, summary
+from bench.stats import median_of, ms, show, summary, summary_ms
 
 REPS = 3
 REP_SECONDS = {1: 0.8, CONCURRENCY: 1.0}  # per repetition: together they span more than one 2 s poll
@@ -90,7 +90,7 @@ async def measure(call: Call, *, concurrency: int = CONCURRENCY, reps: int = REP
         samples = await burst(MAX_CALLS, started + seconds)
         wall = time.perf_counter() - started
         pooled += samples
-        runs.append({**{k: ms(v) if k != "n" else v for k, v in summary(samples).items()}, "rps": len(samples) / wall})
+        runs.append({**summary_ms(samples), "rps": len(samples) / wall})
     overall = summary(pooled)
     return {
         "requests": len(pooled),
@@ -123,7 +123,7 @@ async def measure_once_each(call: Call, count: int, concurrency: int = CONCURREN
     wall = time.perf_counter() - started
     s = summary(samples)
     return {"requests": len(samples), "median_ms": ms(s["median"]), "p99_ms": ms(s["p99"]), "max_ms": ms(s["max"]),
-            "rps": len(samples) / wall, "answer_bytes": None, "reps": [{k: ms(v) if k != "n" else v for k, v in s.items()}]}
+            "rps": len(samples) / wall, "answer_bytes": None, "reps": [summary_ms(samples)]}
 
 
 async def endpoints(ctx: Context, live: Live, active: list[JobRef], finished: list[JobRef]) -> dict[str, dict]:

@@ -46,17 +46,22 @@ class DaemonProcess:
 
     def status(self) -> dict[str, int]:
         """VmRSS and VmHWM (kB) of the daemon process, from /proc."""
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-        return values
+        return memory(self.pid)
 
     def cpu_seconds(self) -> float:
         """user + system CPU time of the daemon process so far."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS and VmHWM (kB) of a process (``self``: this one), from /proc."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
 
 
 def client_for(url: str, server_key: str, connections: int = 16) -> httpx.AsyncClient:

@@ -27,20 +27,12 @@ from pathlib import Path
 import trio
 
 from bench.context import Context
+from bench.daemon_proc import memory
 from bench.stats import ms, show
 
 JOBS = 10_000
 STEADY_POLLS = 10
 IDLE_WINDOW = 6.0
-
-
-def _vm() -> dict[str, int]:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
 
 
 def squeue_text(jobs: int, *, changed: bool = False, tick: int = 0) -> str:
@@ -95,7 +87,7 @@ async def _child(jobs: int) -> dict:
     slurm = SlurmClient(runner, user="jarvice", scratch_dir="/tmp/bench")
     downstream = Downstream(slurm=slurm, script_env=ScriptEnvironment(scratch_dir="/tmp/bench"), journal=Journal())
     downstream.cluster = ClusterInfo(version="bench", home="/tmp/bench")
-    base = _vm()
+    base = memory()
     runner.text = squeue_text(jobs)
 
     async def cycle() -> float:
@@ -104,7 +96,7 @@ async def _child(jobs: int) -> dict:
         return time.process_time() - t0
 
     first = await cycle()
-    after_first = _vm()
+    after_first = memory()
     steady = []
     for tick in range(1, STEADY_POLLS + 1):
         runner.text = squeue_text(jobs, tick=tick)
@@ -128,8 +120,8 @@ async def _child(jobs: int) -> dict:
             "parse_only_median": ms(statistics.median(parse)),
             "poll_with_changes": ms(changed),
         },
-        "rss_kb": {"before_book": base["VmRSS"], "with_book": after_first["VmRSS"], "end": _vm()["VmRSS"],
-                   "hwm": _vm()["VmHWM"]},
+        "rss_kb": {"before_book": base["VmRSS"], "with_book": after_first["VmRSS"], "end": memory()["VmRSS"],
+                   "hwm": memory()["VmHWM"]},
         "rejected_transitions": downstream.book.machine.rejected,
     }
 

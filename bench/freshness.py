@@ -26,7 +26,7 @@ import trio
 from bench.cluster import STATE, local_env
 from bench.context import Context, Live
 from bench.daemon_proc import job_name, submit
-from bench.stats import median_of, ms, show, summary
+from bench.stats import median_of, ms, show, summary_ms
 from statemachines.slurm_states import Phase, phase_of, to_code
 
 JOBS = 14
@@ -121,9 +121,9 @@ async def measure(ctx: Context, interval: float, seed: int) -> dict:
     return {
         "poll_interval_s": interval,
         "jobs": len(names),
-        "start": {k: ms(v) if k != "n" else v for k, v in summary(delays["start"]).items()},
-        "end": {k: ms(v) if k != "n" else v for k, v in summary(delays["end"]).items()},
-        "all": {k: ms(v) if k != "n" else v for k, v in summary(both).items()},
+        "start": summary_ms(delays["start"]),
+        "end": summary_ms(delays["end"]),
+        "all": summary_ms(both),
         "never_shown_running": missed,
         "slurm_watch_period_ms": ms(median_of(periods)),
     }

@@ -30,6 +30,11 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def summary_ms(samples: Sequence[float]) -> dict[str, float]:
+    """``summary`` of samples in seconds, every figure but the count in milliseconds."""
+    return {k: ms(v) if k != "n" else v for k, v in summary(samples).items()}
+
+
 def median_of(values: Iterable[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else math.nan
