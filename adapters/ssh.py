@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ import trio
 
 from adapters.aiobridge import AsyncioThread
 from adapters.errors import AnswerLost, ClusterUnavailable, DownstreamError, HostKeyRejected
+from config.settings import SSHTarget  # where and as whom to log in, read from the environment there
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,22 +82,6 @@ class Shell(Protocol):
 
 class ShellOpener(Protocol):
     async def open_shell(self) -> Shell: ...
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    host: str
-    port: int
-    user: str
-    private_key: str = field(repr=False)  # PEM
-    known_hosts: str | None = None  # a file path, or known_hosts lines
-    insecure_host_key: bool = False
-    keepalive: float = 15.0
-    connect_timeout: float = 15.0
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def load_private_key(pem: str) -> asyncssh.SSHKey:

@@ -310,31 +310,36 @@ def _journal(env: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class SSHLogin:
-    """How to log in to the login node: read alike by the daemon and by its proxy pods."""
+class SSHTarget:
+    """How to log in to the login node (adapters.ssh connects with it)."""
 
-    addr: str
+    host: str
     port: int
     user: str
-    pkey: str = field(repr=False)  # PEM
-    known_hosts: str | None
-    insecure_host_key: bool
-    keepalive: float
+    private_key: str = field(repr=False)  # PEM
+    known_hosts: str | None = None  # a file path, or known_hosts lines
+    insecure_host_key: bool = False
+    keepalive: float = 15.0
+    connect_timeout: float = 15.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
-def ssh_login(env: Mapping[str, str]) -> SSHLogin:
-    """The SSH variables, checked."""
+def ssh_login(env: Mapping[str, str]) -> SSHTarget:
+    """The SSH variables, checked: read alike by the daemon and by its proxy pods."""
     addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
     if not (_HOST_RE.match(addr) or _is_ip(addr)):
         raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):
         raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
-    return SSHLogin(
-        addr=addr,
+    return SSHTarget(
+        host=addr,
         port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
         user=user,
-        pkey=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
+        private_key=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
         known_hosts=_known_hosts(env),
         insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
         keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
@@ -362,10 +367,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
     max_sessions = _int(env, "JARVICE_SLURM_SSH_MAX_SESSIONS", 8, 1, 1000)
     return Settings(
-        cluster_addr=login.addr,
+        cluster_addr=login.host,
         cluster_port=login.port,
         ssh_user=login.user,
-        ssh_pkey=login.pkey,
+        ssh_pkey=login.private_key,
         ssh_known_hosts=login.known_hosts,
         ssh_insecure_host_key=login.insecure_host_key,
         ssh_max_sessions=max_sessions,

@@ -60,10 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
     """The SSH half of the daemon's settings, with the daemon's checks; raises ConfigError."""
-    login = ssh_login(env)
-    describe_key(login.pkey)  # refuses an unusable key with the daemon's message
-    return SSHTarget(host=login.addr, port=login.port, user=login.user, private_key=login.pkey,
-                     known_hosts=login.known_hosts, insecure_host_key=login.insecure_host_key, keepalive=login.keepalive)
+    target = ssh_login(env)
+    describe_key(target.private_key)  # refuses an unusable key with the daemon's message
+    return target
 
 
 def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
