@@ -33,6 +33,7 @@ import trio
 from bench import upstream_load
 from bench.context import CONCURRENCY, Context, JobRef, Live
 from bench.stats import median_of, ms, show, summary, summary_ms
+from daemon.heap import freeze_heap
 
 REPS = 3
 REP_SECONDS = {1: 0.8, CONCURRENCY: 1.0}  # per repetition: together they span more than one 2 s poll
@@ -82,6 +83,7 @@ async def measure(call: Call, *, concurrency: int = CONCURRENCY, reps: int = REP
                 nursery.start_soon(worker)
         return samples
 
+    freeze_heap()  # the client's own collector pauses are not the server's latency
     await burst(warmup, time.perf_counter() + seconds)
     pooled: list[float] = []
     runs = []

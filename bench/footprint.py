@@ -9,7 +9,9 @@ the parse alone and around the whole cycle (parse + adopt/apply), for the first
 poll (10,000 adoptions), steady polls (nothing changed but the running jobs'
 elapsed times, 2 s per poll), and a poll where a
 tenth of the jobs start and another tenth end. Resident memory (VmRSS, VmHWM from /proc/self/status)
-is read in the same child before and after the book holds the 10,000 jobs.
+is read in the same child before and after the book holds the 10,000 jobs, and
+so is the pause of a full garbage collection, with the start-up heap set aside
+as ``serve()`` does (``daemon.heap``) and with nothing set aside.
 
 The whole daemon's memory with 10,000 jobs (hypercorn, SSH, the twin's own
 copy of the population) is read from the simulated-population daemon process
@@ -18,6 +20,7 @@ of benchmark 1.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import sys
@@ -29,6 +32,7 @@ import trio
 from bench.context import Context
 from bench.daemon_proc import memory
 from bench.stats import ms, show
+from daemon.heap import freeze_heap
 
 JOBS = 10_000
 STEADY_POLLS = 10
@@ -65,6 +69,16 @@ def squeue_text(jobs: int, *, changed: bool = False, tick: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _full_collection_pause() -> float:
+    """Wall seconds of a full collection (median of 3): how long every request in flight would wait."""
+    pauses = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - t0)
+    return statistics.median(pauses)
+
+
 async def _child(jobs: int) -> dict:
     """The measurements, in a process that holds nothing but the daemon's code and the book."""
     import daemon.api  # noqa: F401 - the daemon's whole import graph, as in production
@@ -87,6 +101,7 @@ async def _child(jobs: int) -> dict:
     slurm = SlurmClient(runner, user="jarvice", scratch_dir="/tmp/bench")
     downstream = Downstream(slurm=slurm, script_env=ScriptEnvironment(scratch_dir="/tmp/bench"), journal=Journal())
     downstream.cluster = ClusterInfo(version="bench", home="/tmp/bench")
+    freeze_heap()  # as serve() does before its first poll
     base = memory()
     runner.text = squeue_text(jobs)
 
@@ -108,6 +123,9 @@ async def _child(jobs: int) -> dict:
         parse.append(time.process_time() - t0)
     runner.text = squeue_text(jobs, changed=True, tick=STEADY_POLLS + 1)
     changed = await cycle()
+    pause_frozen = _full_collection_pause()
+    gc.unfreeze()
+    pause_all = _full_collection_pause()
     return {
         "jobs_in_squeue": jobs,
         "tracked": len(downstream.book),
@@ -120,6 +138,7 @@ async def _child(jobs: int) -> dict:
             "parse_only_median": ms(statistics.median(parse)),
             "poll_with_changes": ms(changed),
         },
+        "full_gc_pause_ms": {"start_up_heap_set_aside": ms(pause_frozen), "nothing_set_aside": ms(pause_all)},
         "rss_kb": {"before_book": base["VmRSS"], "with_book": after_first["VmRSS"], "end": memory()["VmRSS"],
                    "hwm": memory()["VmHWM"]},
         "rejected_transitions": downstream.book.machine.rejected,
@@ -148,6 +167,9 @@ async def run(ctx: Context) -> dict:
         ["CPU, steady poll: parse + apply, max (ms)", cpu["steady_poll_max"]],
         ["CPU, of which parsing squeue, median (ms)", cpu["parse_only_median"]],
         ["CPU, poll where 1,000 jobs start and 1,000 end (ms)", cpu["poll_with_changes"]],
+        ["full garbage collection pause, start-up heap set aside as serve() does (ms)",
+         measured["full_gc_pause_ms"]["start_up_heap_set_aside"]],
+        ["full garbage collection pause, nothing set aside (ms)", measured["full_gc_pause_ms"]["nothing_set_aside"]],
         ["RSS, daemon code loaded, no jobs (MiB)", rss["before_book"] / 1024],
         ["RSS, with the 10,000-job book (MiB)", rss["with_book"] / 1024],
         ["RSS growth per tracked job (KiB)", (rss["with_book"] - rss["before_book"]) / max(1, measured["tracked"])],

@@ -27,6 +27,7 @@ from adapters.journal import Journal
 from adapters.slurm.twin import SimulatedSlurm
 from config.settings import Settings, load
 from daemon.api import create_app
+from daemon.heap import freeze_heap
 from daemon.logs import configure_logging
 from daemon.server import http_config, script_environment
 from daemon.service import Downstream
@@ -45,6 +46,9 @@ async def serve_simulated(settings: Settings, host: str, port: int, jobs: int, f
                             journal=Journal(settings.journal))
     config = http_config(host, port)
     app = create_app(downstream, settings.server_key)
+    # as serve() does before its first poll; the twin's population, which stands in for
+    # slurmctld's memory rather than the daemon's, is set aside with the start-up heap
+    freeze_heap()
     async with trio.open_nursery() as nursery:
         await nursery.start(downstream.run)
         while downstream.status.polls < 1:  # the first poll adopts the population

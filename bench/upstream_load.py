@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from bench.stats import ms, summary
+from daemon.heap import freeze_heap
 
 Call = Callable[[], Awaitable[object]]
 
@@ -26,6 +27,7 @@ async def drive(calls: Sequence[Call], *, period: float, window: float, concurre
     response: list[float] = []  # scheduled time to answer (includes waiting for a free worker)
     issued = 0
     errors: list[str] = []
+    freeze_heap()  # the client's own collector pauses are not the server's latency
     started = time.perf_counter()
 
     async def producer() -> None:

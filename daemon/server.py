@@ -22,6 +22,7 @@ from adapters.ssh import SSHClient, SSHTarget, load_private_key
 from config.settings import ConfigError, Settings
 from daemon.admin import admin_blueprint, config_view
 from daemon.api import VERSION, create_app
+from daemon.heap import freeze_heap
 from daemon.metrics import Metrics, instrument
 from daemon.preflight import Check, log_checks, run_preflight
 from daemon.report import init_report
@@ -190,8 +191,10 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             downstream.proxies = await start_proxies(nursery, settings, ssh)
             downstream.tunnels = ssh
-            if settings.proxy.leader_election:
-                elector = await start_elector(nursery, settings)
+            elector = await start_elector(nursery, settings) if settings.proxy.leader_election else None
+            # everything loaded (kubernetes included, when used) and no job yet: see daemon.heap
+            log.debug("start-up heap set aside from garbage collection: %d objects", freeze_heap())
+            if elector is not None:
                 nursery.start_soon(elector.lead, partial(_poll_while_leading, downstream))
             else:
                 await nursery.start(downstream.run)
