@@ -365,8 +365,8 @@ class Downstream:
             job.last_error = status.error if status else "its proxy stopped"
             self.book.machine.fire(job, "proxy_down")
             state = JobState.RUNNING
-        if state is not JobState.RUNNING or not job.nodes:
-            return
+        if state is not JobState.RUNNING or not job.nodes or job.terminating:
+            return  # a terminated job's service may answer until Slurm's KillWait ends it: not to users
         if status is None or status.state is not ProxyState.SERVING:
             if job.proxy_failures >= PROXY_RETRIES:
                 return  # its info says why (last_error); a new poll will not change that
@@ -615,6 +615,7 @@ class Downstream:
             log.info("scancel of job %s: %s", jobid, exc.stderr, extra=job_extra(name, jobid))
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
+            job.terminating = True
             await self._stop_proxy(job)
         self.wake()
         return True

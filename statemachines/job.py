@@ -129,6 +129,7 @@ class Job:
     adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
     port_index: int | None = None  # interactive: its service port is base + this (also in the Slurm comment)
     proxy_failures: int = 0  # interactive: proxy starts that failed while the job ran
+    terminating: bool = False  # upstream asked to end it: no proxy again, though Slurm may show it running a while
     state: JobState = JobState.QUEUED
     history: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (wall time, state)
     outbox: list[Effect] = field(default_factory=list, repr=False)

@@ -55,6 +55,7 @@ class SimJob:
     started: float | None = None
     ended: float | None = None
     rc: int | None = None  # the job's exit-code file, once task 0 wrote it
+    cancelled: float = 0.0  # when scancel began ending it (CG until kill_wait has passed)
     output: str = ""
     shown: SlurmJob | None = field(default=None, repr=False)  # the last poll's view, reused while unchanged
 
@@ -72,6 +73,7 @@ class SimulatedSlurm:
     nodes: tuple[str, ...] = ("node1", "node2")
     command_timeout: float = 30.0
     latency: float = 0.0  # seconds each command takes (trio time)
+    kill_wait: float = 0.0  # Slurm's KillWait: a cancelled running job stays CG (completing) this long
     time: float = 0.0  # Slurm's own clock, advanced by the test
     jobs: dict[str, SimJob] = field(default_factory=dict)
     accounted: dict[str, SimJob] = field(default_factory=dict)  # sacct remembers after the purge
@@ -94,6 +96,8 @@ class SimulatedSlurm:
     def advance(self, seconds: float) -> None:
         """Time passes on the cluster: finished jobs older than MinJobAge are purged."""
         self.time += seconds
+        for job in [j for j in self.jobs.values() if j.code == "CG" and self.time - j.cancelled >= self.kill_wait]:
+            self._end(job, "CA")
         for jobid in [j.jobid for j in self.jobs.values() if j.ended is not None and self.time - j.ended >= self.min_job_age]:
             del self.jobs[jobid]
 
@@ -242,8 +246,11 @@ class SimulatedSlurm:
         job = self.jobs.get(jobid)
         if job is None or job.finished:
             raise CommandFailed("scancel", 1, f"scancel: error: Kill job error on job id {jobid}: Invalid job id specified")
-        if job.slurm_name == JOB_PREFIX + name:  # scancel -n: a wrong name cancels nothing, silently
-            self._end(job, "CA")
+        if job.slurm_name == JOB_PREFIX + name and job.code != "CG":  # scancel -n: a wrong name cancels nothing
+            if job.code == "R" and self.kill_wait > 0:  # its processes are signalled; it ends after KillWait
+                job.code, job.cancelled = "CG", self.time
+            else:
+                self._end(job, "CA")
         self._lost(fault)
 
     async def release(self, jobid: str) -> None:

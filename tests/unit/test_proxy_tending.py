@@ -1,0 +1,89 @@
+"""Proxy tending: a terminated interactive job is not served again while Slurm ends it.
+
+After ``scancel`` a running job stays ``CG`` (completing) until its processes are
+gone, up to Slurm's KillWait (30 s by default), and a web desktop that ignores
+SIGTERM keeps listening all that while. The user's proxy goes at ``/terminate``
+and must not come back then. Run on the simulated Slurm (which models KillWait)
+with an in-memory proxy backend at the ``ProxyBackend`` boundary, which records
+what the daemon asks of it.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from adapters.jobscript import ScriptEnvironment
+from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
+from adapters.slurm.twin import SimulatedSlurm
+from daemon.service import Downstream
+from statemachines.job import JobState
+from tests.support.upstream import submit_args
+
+
+class RecordingProxies:
+    """Serves every proxy it is asked for, at once; keeps the order of starts and stops."""
+
+    def __init__(self) -> None:
+        self.serving: dict[str, ProxyTarget] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def start(self, target: ProxyTarget) -> ProxyStatus:
+        self.calls.append(("start", target.key))
+        self.serving[target.key] = target
+        return self.status(target.key)
+
+    async def stop(self, key: str) -> None:
+        self.calls.append(("stop", key))
+        self.serving.pop(key, None)
+
+    def status(self, key: str) -> ProxyStatus | None:
+        target = self.serving.get(key)
+        return None if target is None else ProxyStatus(ProxyState.SERVING, url=f"http://proxy/{key}/")
+
+    async def keys(self) -> set[str]:
+        return set(self.serving)
+
+
+async def test_a_terminated_job_gets_no_proxy_while_slurm_is_still_ending_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    twin = SimulatedSlurm(kill_wait=30)
+    proxies = RecordingProxies()
+    downstream = Downstream(slurm=twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"), poll_interval=10**6,
+                            min_poll_gap=0)
+    downstream.proxies = proxies
+
+    async def poll() -> None:
+        polls = downstream.status.polls
+        downstream.wake()
+        while downstream.status.polls == polls:
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # and the proxy tending that a poll starts
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downstream.run)
+        await poll()
+        jobid, _ = await downstream.submit(submit_args("desktop", 7, "sleep 600", interactive=True))
+        twin.start(jobid)
+        await poll()
+        job = downstream.book.get(jobid)
+        assert job.state is JobState.PROXYING and proxies.calls == [("start", "7")]
+        assert downstream.url_of("desktop", jobid) == "http://proxy/7/"
+
+        assert await downstream.terminate({"name": "desktop", "number": 7, "jobid": jobid})
+        assert proxies.calls[-1] == ("stop", "7") and not proxies.serving
+        for _ in range(3):  # Slurm still shows it, completing: the service may still answer
+            twin.advance(5)
+            await poll()
+            assert twin.jobs[jobid].code == "CG"
+            assert proxies.calls[-1] == ("stop", "7"), f"the proxy came back after /terminate: {proxies.calls}"
+            assert downstream.url_of("desktop", jobid) == ""
+        twin.advance(30)
+        await poll()
+        assert job.state is JobState.CANCELLED
+        assert ("start", "7") not in proxies.calls[1:]
+        nursery.cancel_scope.cancel()
