@@ -9,7 +9,9 @@ nothing globally. The rules it enforces:
 * the asyncio task's completion wakes trio through the trio token, never through
   a blocked worker thread (``to_thread.run_sync(future.result)`` ignores deadlines);
 * when trio cancels, the asyncio task is cancelled too, and trio waits (shielded,
-  bounded) until it has really finished, so no remote command outlives its caller.
+  bounded) until it has really finished, so no remote command outlives its caller;
+  a task that had already succeeded still hands over its result (trio's rule: an
+  operation that completed is not undone by a late cancel).
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ class AsyncioThread:
                 await done.wait()
             if scope.cancelled_caught:
                 log.warning("asyncio task %s ignored cancellation for %ss", fn, _CANCEL_GRACE)
+            task = box["task"]
+            if task.done() and not task.cancelled() and task.exception() is None:
+                # It finished before the cancel reached it (an sbatch that printed its job id):
+                # the result is kept, and the caller's next checkpoint raises Cancelled.
+                return task.result()
             raise
         task = box["task"]
         if task.cancelled():
