@@ -186,13 +186,15 @@ def _scratch(facts: ProbeFacts, s: Settings) -> list[Check]:
 
 
 async def run_preflight(runner: CommandRunner, settings: Settings, poll_interval: float | None = None,
-                        timeout: float = PROBE_TIMEOUT) -> list[Check]:
-    """Probe the login node once and judge what it says. Never raises for cluster trouble."""
+                        timeout: float = PROBE_TIMEOUT, facts: ProbeFacts | None = None) -> list[Check]:
+    """Probe the login node once (unless ``facts`` are already at hand) and judge what it says.
+    Never raises for cluster trouble."""
     interval = settings.poll_interval if poll_interval is None else poll_interval
-    try:
-        facts = await probe(runner, settings.scratch_dir, timeout=timeout)
-    except ClusterUnavailable as exc:
-        return [_ssh_failure(exc, settings)]
+    if facts is None:
+        try:
+            facts = await probe(runner, settings.scratch_dir, timeout=timeout)
+        except ClusterUnavailable as exc:
+            return [_ssh_failure(exc, settings)]
     return evaluate(facts, settings, interval)
 
 

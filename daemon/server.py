@@ -177,7 +177,8 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
         metrics = Metrics(version=VERSION, ssh=ssh)
         downstream = build_downstream(settings, ssh, journal, metrics)
         await connectivity_test(downstream)
-        preflight = await run_preflight(ssh, settings)
+        # the probe that connectivity_test's SlurmClient.preflight ran, judged: the cluster is asked once
+        preflight = await run_preflight(ssh, settings, facts=downstream.cluster.probe if downstream.cluster else None)
         log_checks(log, preflight)
         log.info("")
         log.info(" Init done. Entering main loop.")

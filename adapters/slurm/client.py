@@ -19,6 +19,7 @@ from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, Downs
 from adapters.jobscript import JOBID_RE, NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
+from adapters.slurm.probe import ProbeFacts, probe
 from adapters.ssh import CommandResult, CommandRunner, Shell, ShellEnded, ShellOpener
 
 log = logging.getLogger(__name__)
@@ -63,18 +64,12 @@ class ClusterInfo:
     version: str
     home: str
     config: dict[str, str] = field(default_factory=dict)
+    probe: ProbeFacts | None = field(default=None, repr=False)  # everything the start-up probe saw (preflight checks)
 
     @property
     def min_job_age(self) -> int:
-        return int(self.config.get("MinJobAge", "300 sec").split()[0] or 300)
-
-    @property
-    def jobcomp(self) -> bool:
-        return self.config.get("JobCompType", "").endswith("filetxt")
-
-    @property
-    def accounting(self) -> bool:
-        return not self.config.get("AccountingStorageType", "accounting_storage/none").endswith("/none")
+        age = parsers.min_job_age(self.config)
+        return 300 if age is None else age  # Slurm's default
 
 
 def _check_jobid(jobid: str) -> str:
@@ -165,17 +160,22 @@ class SlurmClient:
 
     # ---------------------------------------------------------------- startup
     async def preflight(self) -> ClusterInfo:
-        """Who am I, which Slurm, how long it keeps finished jobs, and a usable scratch dir."""
-        home = (await self._run('printf %s "$HOME"')).stdout.strip()
+        """Who am I, which Slurm, how long it keeps finished jobs, how to look them up, and a usable
+        scratch dir: one probe (which ``serve`` also judges, so the cluster is asked once), then the jobs' dir."""
+        facts = await probe(self.runner, self.scratch_dir)
+        for step, command in (("version", "sbatch --version"), ("config", "scontrol show config")):
+            answer = facts.step(step)
+            if not answer.ok:
+                raise command_error(command, CommandResult(answer.rc, "", answer.output))
         if self.scratch_dir == "~":
-            self.scratch_dir = home
-        version = (await self._run("sbatch --version")).stdout.strip()
-        config = parsers.parse_config((await self._run("scontrol show config")).stdout)
+            if not facts.home:
+                raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
+            self.scratch_dir = facts.home
         await self._run(f"mkdir -p {shlex.quote(self.jobs_dir)} && test -w {shlex.quote(self.jobs_dir)}")
-        info = ClusterInfo(version=version, home=home, config=config)
-        if self.accounting == "auto":
-            self.accounting = "sacct" if info.accounting else "jobcomp" if info.jobcomp else "none"
-        return info
+        if self.accounting == "auto":  # what works, not what slurm.conf promises (slurmdbd may be down)
+            self.accounting = facts.accounting
+        return ClusterInfo(version=facts.step("version").first_line, home=facts.home, config=dict(facts.config),
+                           probe=facts)
 
     # ---------------------------------------------------------------- jobs
     async def submit(self, submission: Submission) -> str:

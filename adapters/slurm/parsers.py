@@ -233,6 +233,12 @@ def parse_config(output: str) -> dict[str, str]:
     return config
 
 
+def min_job_age(config: dict[str, str]) -> int | None:
+    """Seconds Slurm keeps finished jobs in squeue (``MinJobAge = 300 sec``); None when unreadable."""
+    match = re.match(r"\s*(\d+)", config.get("MinJobAge", ""))
+    return int(match[1]) if match else None
+
+
 def parse_rc(text: str) -> int | None:
     text = text.strip()
     return int(text) if re.fullmatch(r"-?\d{1,5}", text) else None

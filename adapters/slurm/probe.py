@@ -17,7 +17,6 @@ import shlex
 from dataclasses import dataclass, field
 
 from adapters.slurm import parsers
-from adapters.slurm.client import ClusterInfo
 from adapters.ssh import CommandRunner
 
 MARK = "@@slurm-downstream-probe@@"
@@ -126,8 +125,7 @@ class ProbeFacts:
 
     @property
     def min_job_age(self) -> int | None:
-        m = re.match(r"\s*(\d+)", self.config.get("MinJobAge", ""))
-        return int(m[1]) if m else None
+        return parsers.min_job_age(self.config)
 
     @property
     def squeue_jobs(self) -> int | None:
@@ -176,11 +174,6 @@ class ProbeFacts:
         if status.startswith("not-writable"):
             return ScratchFacts(path=path, exists=True, writable=False, error=status[len("not-writable"):].strip())
         return ScratchFacts(path=path, exists=True, writable=True, flock=flock.removeprefix("flock").strip())
-
-    def cluster_info(self) -> ClusterInfo:
-        """The same facts in the shape ``SlurmClient.preflight`` returns, so one probe serves both."""
-        return ClusterInfo(version=self.step("version").first_line, home=self.home, config=dict(self.config))
-
 
 def parse_probe(output: str) -> ProbeFacts:
     steps: dict[str, Step] = {}

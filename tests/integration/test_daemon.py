@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,16 @@ async def test_constant_and_job_request_endpoints(daemon: Daemon) -> None:
     await daemon.wait_phase(name, "finished", timeout=30)
     rc, *_ = await daemon.upstream.call("/exitstatus", {"name": name, "number": 31, "jobid": jobid})
     assert rc == -15
+
+
+async def test_start_up_learns_the_cluster_from_one_probe(daemon: Daemon) -> None:
+    """The probe that the preflight checks judge is the one the Slurm client learns from: one `sh -s`
+    round trip plus the jobs' mkdir, no separate `sbatch --version` counted among the submits."""
+    metrics = (await daemon.upstream.client.get("/metrics")).text
+    counts = {m[1]: float(m[2]) for m in re.finditer(
+        r'^slurm_downstream_slurm_command_seconds_count\{command="([^"]+)"\} (\S+)', metrics, re.M)}
+    assert counts.get("sh") == 1, counts
+    assert counts.get("mkdir") == 1, counts
+    assert "sbatch" not in counts and "scontrol" not in counts, counts
+    checks = {c["name"]: c["level"] for c in (await daemon.upstream.client.get("/admin/state")).json()["preflight"]}
+    assert checks["slurm version"] == "ok" and checks["accounting"] == "ok" and checks["squeue"] == "ok", checks

@@ -296,14 +296,12 @@ def test_parse_config_full() -> None:
     assert not any(" " in key for key in config)
     info = ClusterInfo(version="slurm 22.05.8", home="/home/jarvice", config=config)
     assert info.min_job_age == 300
-    assert info.jobcomp is True
-    assert info.accounting is False
 
 
 def test_cluster_info_defaults_without_config() -> None:
-    info = ClusterInfo(version="", home="/")
-    assert info.min_job_age == 300
-    assert info.jobcomp is False and info.accounting is False
+    assert ClusterInfo(version="", home="/").min_job_age == 300
+    assert ClusterInfo(version="", home="/", config={"MinJobAge": "10 sec"}).min_job_age == 10
+    assert ClusterInfo(version="", home="/", config={"MinJobAge": "garbled"}).min_job_age == 300
 
 
 @pytest.mark.parametrize(("text", "rc"), [("0\n", 0), ("3\n", 3), ("-1", -1), ("", None), ("abc", None), ("1 2", None)])
