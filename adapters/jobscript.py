@@ -16,9 +16,10 @@ import secrets
 import shlex
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from adapters.errors import InvalidRequest
+from adapters.slurm.parsers import job_comment
 
 PLACEHOLDER = "DOWNSTREAM_PARAMETERS"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -427,11 +428,11 @@ def wrap(filled: str, req: JobRequest, env: ScriptEnvironment) -> str:
     )
 
 
-def sbatch_args(req: JobRequest, env: ScriptEnvironment) -> tuple[str, ...]:
+def sbatch_args(req: JobRequest, env: ScriptEnvironment, port_index: int | None = None) -> tuple[str, ...]:
     args = [
         "--parsable",
         f"--job-name=jarvice_{req.name}",
-        f"--comment=jarvice:{req.number}",
+        f"--comment={job_comment(req.number, port_index)}",
         f"--output={env.jobs_dir}/%j.out",
         f"--chdir={env.scratch_dir}",
         f"--nodes={req.nodes}",
@@ -461,11 +462,19 @@ def strip_secrets(script: str) -> str:
     return "".join(line for line in script.splitlines(keepends=True) if not _SECRET_LINE_RE.match(line))
 
 
-def build(args: Mapping[str, object], executor: str, env: ScriptEnvironment) -> Submission:
-    """Validate ``/submit`` args and render the job; raises InvalidRequest naming the problem."""
+def build(args: Mapping[str, object], executor: str, env: ScriptEnvironment,
+          port_index: int | None = None) -> Submission:
+    """Validate ``/submit`` args and render the job; raises InvalidRequest naming the problem.
+
+    ``port_index``: an interactive job's slot; its service and SSH ports are the site's plus
+    this, written into its script and its Slurm comment (so a restarted daemon finds them).
+    """
+    if port_index is not None:
+        env = replace(env, service_port=env.service_port + port_index, ssh_port=env.ssh_port + port_index)
     script = decode_script(args.get("hpc_script"), executor)
     values = job_values(fill_placeholder(script, ""))  # as the job will see them: {{ }} undoubled
     req = parse_request(args, values)
     filled = fill_placeholder(script, export_block(req, values, env))
     batch = wrap(filled, req, env)
-    return Submission(request=req, sbatch_args=sbatch_args(req, env), batch_script=batch, fscript=strip_secrets(batch))
+    return Submission(request=req, sbatch_args=sbatch_args(req, env, port_index), batch_script=batch,
+                      fscript=strip_secrets(batch))

@@ -27,7 +27,7 @@ from adapters.proxy.local import TunnelOpener
 from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
-from adapters.slurm.parsers import parse_comment, tag_interactive
+from adapters.slurm.parsers import parse_comment
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from statemachines.book import DuplicateJob, JobBook
@@ -473,8 +473,8 @@ class Downstream:
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 if req.interactive and job.port_index is None:
                     job.port_index = self._free_port_index()
-                if job.port_index is not None:
-                    submission = self._interactive(args, job.port_index)
+                if job.port_index is not None:  # known only now: rendered again with the job's ports
+                    submission = jobscript.build(args, self.executor, self.script_env, port_index=job.port_index)
                 self.journal.intend(req.name, req.number, req.interactive)
                 try:
                     jobid = await self._sbatch(job, submission)
@@ -490,13 +490,6 @@ class Downstream:
                  ", held" if req.held else "", extra=job_extra(req.name, jobid))
         self.wake()
         return [jobid, submission.fscript]
-
-    def _interactive(self, args: Mapping[str, object], index: int) -> jobscript.Submission:
-        """The job's own service and SSH ports, written into its script and its Slurm comment."""
-        env = replace(self.script_env, service_port=self.script_env.service_port + index,
-                      ssh_port=self.script_env.ssh_port + index)
-        submission = jobscript.build(args, self.executor, env)
-        return replace(submission, sbatch_args=tag_interactive(submission.sbatch_args, index))
 
     async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
         try:

@@ -165,9 +165,9 @@ def parse_comment(comment: str) -> JobTag | None:
                   port_index=int(port) if port.isdigit() and len(port) < 6 else None)
 
 
-def tag_interactive(sbatch_args: tuple[str, ...], port_index: int) -> tuple[str, ...]:
-    """Add the interactive flags to the ``--comment=jarvice:<number>`` option (read back by parse_comment)."""
-    return tuple(f"{a};i=1;p={port_index}" if a.startswith("--comment=jarvice:") else a for a in sbatch_args)
+def job_comment(number: int, port_index: int | None = None) -> str:
+    """The Slurm comment ``parse_comment`` reads back; an interactive job's carries its port index."""
+    return f"jarvice:{number}" if port_index is None else f"jarvice:{number};i=1;p={port_index}"
 
 
 def parse_node_address(output: str) -> str | None:

@@ -16,9 +16,12 @@ from adapters.slurm.client import ClusterInfo, SlurmClient
 from adapters.slurm.parsers import (
     SEP,
     SQUEUE_FORMAT,
+    JobTag,
     ParseError,
     SlurmJob,
     expand_nodes,
+    job_comment,
+    parse_comment,
     parse_config,
     parse_duration,
     parse_exit_code,
@@ -351,3 +354,14 @@ async def test_inspect_refuses_to_conclude_when_squeue_cannot_reach_slurmctld() 
               f"{mark}\n")
     with pytest.raises(ClusterUnavailable, match="Unable to contact"):
         await SlurmClient(_Runner(stdout), user="jarvice", scratch_dir="/s", accounting="none").inspect("3")
+
+
+@pytest.mark.parametrize(("number", "port_index"), [(7, None), (7, 0), (10**15 - 1, 99), (42, 12345)])
+def test_a_job_comment_reads_back_as_written(number: int, port_index: int | None) -> None:
+    """After a restart the daemon adopts jobs from their comment: number, interactive, service port."""
+    assert parse_comment(job_comment(number, port_index)) == JobTag(number, port_index is not None, port_index)
+
+
+@pytest.mark.parametrize("comment", ["", "jarvice:", "jarvice:x", "other:7", "jarvice:7;", "jarvice:7 extra"])
+def test_comments_not_written_by_a_downstream_are_not_ours(comment: str) -> None:
+    assert parse_comment(comment) is None
