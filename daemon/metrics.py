@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from quart import Quart, request, request_started
@@ -105,6 +114,9 @@ class Metrics:
         self.ssh = ssh
         self.refused = refused
         r = self.registry = CollectorRegistry()
+        # the process as admins size it: resident memory, CPU, open files; and the collector's runs
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         Gauge(f"{PREFIX}_build_info", "The daemon's version", ["version"], registry=r).labels(version or "unknown").set(1)
         self.submits = Counter(f"{PREFIX}_submits", "Jobs submitted to Slurm (sbatch answered with a job id)", registry=r)
         self.submit_failures = Counter(f"{PREFIX}_submit_failures",

@@ -8,6 +8,7 @@ labelling, which the real cluster would make slow and nondeterministic.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import httpx
@@ -213,3 +214,16 @@ async def test_a_poll_with_unreadable_lines_counts_as_a_failed_poll_in_metrics_t
     samples = scrape(downstream.metrics)
     assert downstream.status.failures == 1
     assert value(samples, "slurm_downstream_poll_failures_total") == 1
+
+
+def test_the_process_itself_is_measured_for_admins() -> None:
+    """Memory, CPU and garbage collections, read at scrape time (what bench/footprint.py measures, live)."""
+    metrics = Metrics()
+    before = value(scrape(metrics), "python_gc_collections_total", generation="2")
+    hold = [bytearray(32 << 20)]  # 32 MiB more resident
+    gc.collect()
+    samples = scrape(metrics)
+    assert samples[("process_resident_memory_bytes", ())] > 32 << 20
+    assert samples[("process_cpu_seconds_total", ())] > 0
+    assert value(samples, "python_gc_collections_total", generation="2") == before + 1
+    del hold
