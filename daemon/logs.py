@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 from config.settings import Settings
 from daemon.report import redact as redact_url
+from daemon.report import url_password
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(message)s"
 # libraries that are chatty at INFO (asyncssh logs every channel)
@@ -94,10 +95,7 @@ def secrets_of(settings: Settings) -> list[str]:
                 found.append(base64.b64decode(b64, validate=True).decode("utf-8"))  # its base64 is added with it
             except (binascii.Error, UnicodeDecodeError):
                 found.append(b64)
-    for url in (settings.http_proxy, settings.https_proxy):
-        m = re.search(r"//[^/:@\s]*:([^/@\s]+)@", url)
-        if m:
-            found.append(m[1])
+    found += [password for url in (settings.http_proxy, settings.https_proxy) if (password := url_password(url))]
     found.append(settings.ssh_pkey.strip())
     return found
 

@@ -10,14 +10,20 @@ import re
 
 from config.settings import Settings
 
+# ``//user:password@``: the password runs to the ``@``, since people write ``/`` and ``:``
+# in them unescaped, and masking too much of an odd URL is better than showing any of one.
+_URL_PASSWORD = re.compile(r"(//[^/:@\s]*):([^@\s]*)@")
+
 
 def redact(url: str) -> str:
-    """``http://user:secret@proxy:3128`` -> ``http://user:***@proxy:3128``.
+    """``http://user:secret@proxy:3128`` -> ``http://user:***@proxy:3128``."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
 
-    The password runs to the last ``@``: people write ``/`` and ``:`` in them unescaped,
-    and masking too much of an odd URL is better than showing any of a password.
-    """
-    return re.sub(r"(//[^/:@\s]*):[^@\s]*@", r"\1:***@", url)
+
+def url_password(url: str) -> str | None:
+    """The password a proxy URL carries, as ``redact`` masks it (for the log's redaction filter)."""
+    match = _URL_PASSWORD.search(url)
+    return match[2] if match and match[2] else None
 
 
 def init_report(settings: Settings, key_description: str) -> list[str]:

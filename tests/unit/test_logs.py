@@ -160,3 +160,14 @@ def test_register_secrets_from_settings(pem: str) -> None:
     register_secrets(s, r)
     text = f"{docker} d0cker-pw srv-Key-123 prx-pw-9 {base64.b64encode(b'upstream:srv-Key-123').decode()}"
     assert r(text) == "*** *** *** *** ***"
+
+
+def test_a_proxy_password_with_a_slash_is_masked_wherever_it_appears(pem: str) -> None:
+    """The init report masks such a password in its URL; the log filter must know it too, for a bare copy."""
+    s = load({"JARVICE_SLURM_CLUSTER_ADDR": "login", "JARVICE_SLURM_SSH_PKEY": pem,
+              "JARVICE_SCHED_SERVER_KEY": "upstream:srv-Key-123",
+              "JARVICE_SLURM_HTTP_PROXY": "http://bob:pa/ss:w0rd@proxy:3128"})
+    assert "pa/ss:w0rd" in secrets_of(s)
+    r = Redactor()
+    register_secrets(s, r)
+    assert r("proxy refused password pa/ss:w0rd") == "proxy refused password ***"
