@@ -475,6 +475,7 @@ class Downstream:
                     job.port_index = self._free_port_index()
                 if job.port_index is not None:  # known only now: rendered again with the job's ports
                     submission = jobscript.build(args, self.executor, self.script_env, port_index=job.port_index)
+                    job.fscript = submission.fscript  # what a repeated submit answers: the script Slurm runs
                 self.journal.intend(req.name, req.number, req.interactive)
                 try:
                     jobid = await self._sbatch(job, submission)

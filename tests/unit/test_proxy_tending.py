@@ -1,4 +1,4 @@
-"""Proxy tending: a terminated interactive job is not served again while Slurm ends it.
+"""Interactive jobs on the simulated Slurm: their own ports, and no proxy again once terminated.
 
 After ``scancel`` a running job stays ``CG`` (completing) until its processes are
 gone, up to Slurm's KillWait (30 s by default), and a web desktop that ignores
@@ -86,4 +86,22 @@ async def test_a_terminated_job_gets_no_proxy_while_slurm_is_still_ending_it(
         await poll()
         assert job.state is JobState.CANCELLED
         assert ("start", "7") not in proxies.calls[1:]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_repeated_interactive_submit_answers_the_script_slurm_runs(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The job script carries the job's own service port; upstream asking again gets that very script."""
+    twin = SimulatedSlurm()
+    env = ScriptEnvironment(scratch_dir="/tmp/twin", service_port=5000)
+    downstream = Downstream(slurm=twin, script_env=env, poll_interval=10**6, min_poll_gap=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downstream.run)
+        while not downstream.ready:
+            await trio.sleep(0.01)
+        args = submit_args("desktop", 8, "sleep 600", interactive=True)
+        jobid, fscript = await downstream.submit(args)
+        port = 5000 + downstream.book.get(jobid).port_index
+        assert f"JARVICE_SERVICE_PORT={port}" in fscript
+        assert await downstream.submit(args) == [jobid, fscript]
         nursery.cancel_scope.cancel()
