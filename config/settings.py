@@ -366,6 +366,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if jobs_domain and not re.match(r"^[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._/-]*\$)?$", jobs_domain):
         raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
     max_sessions = _int(env, "JARVICE_SLURM_SSH_MAX_SESSIONS", 8, 1, 1000)
+    log_level, log_format = logging_settings(env)
     return Settings(
         cluster_addr=login.host,
         cluster_port=login.port,
@@ -376,7 +377,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ssh_max_sessions=max_sessions,
         ssh_keepalive=login.keepalive,
         command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),
-        log_level=_log_level(env),
+        log_level=log_level,
         https_proxy=_get(env, "JARVICE_SLURM_HTTPS_PROXY"),
         http_proxy=_get(env, "JARVICE_SLURM_HTTP_PROXY"),
         no_proxy=_get(env, "JARVICE_SLURM_NO_PROXY"),
@@ -393,9 +394,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         registry=_registry(env),
         port_count=_int(env, "JARVICE_SLURM_PORT_COUNT", 100, 1, 10_000),
         journal=_journal(env),
-        log_format=_log_format(env),
+        log_format=log_format,
         proxy=_proxy(env),
     )
+
+
+def logging_settings(env: Mapping[str, str]) -> tuple[int, str]:
+    """Log level and format (text or json), for the daemon and for the proxy pods' command alike."""
+    return _log_level(env), _log_format(env)
 
 
 def _log_format(env: Mapping[str, str]) -> str:

@@ -28,7 +28,7 @@ import trio
 from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
-from config.settings import _HOST_RE, ConfigError, _is_ip, _log_level, ssh_login
+from config.settings import _HOST_RE, ConfigError, _is_ip, logging_settings, ssh_login
 from daemon.logs import configure_logging
 from daemon.server import describe_key, stop_on_signal
 
@@ -68,11 +68,11 @@ def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
 def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         ssh = ssh_target_from_env(env)
-        level = _log_level(env)
+        level, fmt = logging_settings(env)  # as the daemon that started the pod logs
     except ConfigError as exc:
         print(f"slurm-downstream proxy: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(level)
+    configure_logging(level, fmt)
     (listen_host, listen_port), (host, port) = args.listen, args.target
     target = ProxyTarget(key=args.key or f"{host}:{port}", host=host, port=port)
     try:

@@ -5,17 +5,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import trio
 
 from daemon.server import serve
 from tests.integration.conftest import STATE, Daemon, cluster_env, settings, unique_name
+from tests.support.processes import CLI
 from tests.support.upstream import Upstream, submit_args
-
-CLI = str(Path(sys.executable).with_name("slurm-downstream"))
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:

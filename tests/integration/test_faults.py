@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -42,11 +41,10 @@ import trio
 
 from statemachines.slurm_states import PENDING_CODES, RUNNING_CODES, to_code
 from tests.integration.conftest import STATE, cluster_env, settings, start_daemon, unique_name
-from tests.support.processes import DaemonProcess, PrivateSSHD, Slurmctld, free_port, squeue, wait_until
+from tests.support.processes import CLI, DaemonProcess, PrivateSSHD, Slurmctld, free_port, squeue, wait_until
 from tests.support.upstream import Upstream, submit_args
 
 FAULT_LOG = Path(os.environ.get("SLURM_DOWNSTREAM_FAULT_LOG", "/tmp/slurm-downstream-faults.jsonl"))
-CLI = str(Path(sys.executable).with_name("slurm-downstream"))
 log = logging.getLogger("tests.faults")
 
 

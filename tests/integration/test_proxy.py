@@ -11,13 +11,13 @@ for a network failure between the daemon and the login node.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -35,6 +35,7 @@ from adapters.ssh import SSHClient, SSHTarget
 from daemon.server import open_ssh, ssh_target
 from tests.integration.conftest import STATE, cluster_env, settings, slurm
 from tests.support import webjob
+from tests.support.processes import CLI
 
 MiB = 2**20
 
@@ -434,11 +435,6 @@ async def test_a_broken_ssh_path_closes_user_connections_cleanly_and_the_next_on
 
 
 # ------------------------------------------------------------------ the proxy pod's command
-# what ``slurm-downstream proxy`` runs (the lead wires daemon.proxy_cmd into daemon/cli.py)
-PROXY_CMD = ("import argparse, os, sys\nfrom daemon import proxy_cmd\np = argparse.ArgumentParser()\n"
-             "proxy_cmd.add_arguments(p)\nsys.exit(proxy_cmd.main(p.parse_args(sys.argv[1:]), os.environ))")
-
-
 def pod_env() -> dict[str, str]:
     """What a proxy pod gets: the SSH variables (the key from a Secret), none of the daemon-only ones."""
     env = {k: v for k, v in cluster_env().items() if k.startswith("JARVICE_SLURM_") and k != "JARVICE_SLURM_SCRATCH_DIR"}
@@ -450,7 +446,7 @@ async def test_the_proxy_command_carries_a_job_like_a_pod_would(start_job, tmp_p
     port = free_port()
     errors = (tmp_path / "stderr").open("w")
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", PROXY_CMD, "--listen", f"127.0.0.1:{port}", "--target", f"{job.host}:{job.port}",
+        [CLI, "proxy", "--listen", f"127.0.0.1:{port}", "--target", f"{job.host}:{job.port}",
          "--key", "501"], env=pod_env(), stderr=errors, stdout=errors)
     try:
         expected = f"Started proxy to {job.host}:{job.port} via SSH 127.0.0.1:{cluster_env()['JARVICE_SLURM_CLUSTER_PORT']}"
@@ -479,14 +475,14 @@ async def test_the_proxy_command_carries_a_job_like_a_pod_would(start_job, tmp_p
 def test_the_proxy_command_names_what_is_missing() -> None:
     env = pod_env()
     del env["JARVICE_SLURM_CLUSTER_ADDR"]
-    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7:8000"], env=env,
+    run = subprocess.run([CLI, "proxy", "--target", "10.0.0.7:8000"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "JARVICE_SLURM_CLUSTER_ADDR: is required" in run.stderr
-    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7"], env=pod_env(),
+    run = subprocess.run([CLI, "proxy", "--target", "10.0.0.7"], env=pod_env(),
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "expected HOST:PORT" in run.stderr
     env = pod_env() | {"JARVICE_SLURM_SSH_PKEY": "bm90IGEga2V5"}
-    run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--target", "10.0.0.7:8000"], env=env,
+    run = subprocess.run([CLI, "proxy", "--target", "10.0.0.7:8000"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "JARVICE_SLURM_SSH_PKEY" in run.stderr and "Traceback" not in run.stderr
 
@@ -496,6 +492,21 @@ def test_the_proxy_command_exits_1_when_its_port_is_taken() -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        run = subprocess.run([sys.executable, "-c", PROXY_CMD, "--listen", f"127.0.0.1:{taken}", "--target",
+        run = subprocess.run([CLI, "proxy", "--listen", f"127.0.0.1:{taken}", "--target",
                               "10.0.0.7:8000"], env=pod_env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "not started" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_proxy_command_logs_in_the_daemons_format() -> None:
+    """A pod gets JARVICE_SLURM_LOG_FORMAT from the daemon: with json, every line it prints is a JSON object."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        run = subprocess.run([CLI, "proxy", "--listen", f"127.0.0.1:{taken}", "--target", "10.0.0.7:8000"],
+                             env=pod_env() | {"JARVICE_SLURM_LOG_FORMAT": "json"}, capture_output=True, text=True,
+                             timeout=60)
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == 1 and lines
+    records = [json.loads(line) for line in lines]
+    assert any("not started" in r["message"] for r in records), records

@@ -14,11 +14,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+
+# the console command as installed in the venv (pyproject's [project.scripts])
+CLI = str(Path(sys.executable).with_name("slurm-downstream"))
 
 SSHD = "/usr/sbin/sshd"
 

@@ -6,15 +6,13 @@ import base64
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from config.settings import ConfigError, Settings, decode_private_key, load
-
-CLI = Path(sys.executable).with_name("slurm-downstream")
+from tests.support.processes import CLI
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +184,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def test_serve_with_invalid_env_exits_2_with_one_line(pem: str, extra: dict, variable: str) -> None:
     environ = _clean_env(JARVICE_SLURM_CLUSTER_ADDR="login.example.org", JARVICE_SLURM_SSH_PKEY=pem,
                          JARVICE_SCHED_SERVER_KEY="upstream:s3cret", **extra)
-    proc = subprocess.run([str(CLI), "serve"], env=environ, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([CLI, "serve"], env=environ, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -196,7 +194,7 @@ def test_serve_with_invalid_env_exits_2_with_one_line(pem: str, extra: dict, var
 
 
 def test_serve_without_cluster_addr_names_it() -> None:
-    proc = subprocess.run([str(CLI), "serve"], env=_clean_env(), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([CLI, "serve"], env=_clean_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "slurm-downstream: configuration error: JARVICE_SLURM_CLUSTER_ADDR: is required and not set"
@@ -204,7 +202,7 @@ def test_serve_without_cluster_addr_names_it() -> None:
 
 
 def test_help_mentions_serve_and_check() -> None:
-    proc = subprocess.run([str(CLI), "--help"], env=_clean_env(), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([CLI, "--help"], env=_clean_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     assert "serve" in proc.stdout and "check" in proc.stdout
     assert proc.stderr == ""
