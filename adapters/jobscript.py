@@ -50,6 +50,11 @@ _SECRET_LINE_RE = re.compile(
 )
 
 
+def jobs_dir_of(scratch_dir: str) -> str:
+    """Where job scripts leave their rc and output files: the script writes them, the Slurm client reads them."""
+    return f"{scratch_dir.rstrip('/')}/.jarvice"
+
+
 @dataclass(frozen=True)
 class ScriptEnvironment:
     """The site's side of the job: where things go and which images and proxies to use."""
@@ -75,7 +80,7 @@ class ScriptEnvironment:
 
     @property
     def jobs_dir(self) -> str:
-        return f"{self.scratch_dir.rstrip('/')}/.jarvice"
+        return jobs_dir_of(self.scratch_dir)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
-from adapters.jobscript import JOBID_RE, NAME_RE, Submission
+from adapters.jobscript import JOBID_RE, NAME_RE, Submission, jobs_dir_of
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.slurm.probe import ProbeFacts, probe
@@ -143,8 +143,7 @@ class SlurmClient:
 
     @property
     def jobs_dir(self) -> str:
-        """Where job scripts leave their rc and output files (ScriptEnvironment.jobs_dir, same scratch)."""
-        return f"{self.scratch_dir.rstrip('/')}/.jarvice"
+        return jobs_dir_of(self.scratch_dir)
 
     async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
         # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
