@@ -394,13 +394,15 @@ class Downstream:
         return self._node_addresses[node]
 
     async def _stop_proxy(self, job: Job) -> None:
+        await self._stop_proxy_of(job.number, job.jobid, job.name)
+
+    async def _stop_proxy_of(self, number: int, jobid: str, name: str) -> None:
         if self.proxies is None:
             return
         try:
-            await self.proxies.stop(str(job.number))
+            await self.proxies.stop(str(number))
         except DownstreamError as exc:  # /gc collects it later
-            log.warning("job %s (%s): could not stop its proxy: %s", job.jobid, job.name, exc,
-                extra=job_extra(job.name, job.jobid))
+            log.warning("job %s (%s): could not stop its proxy: %s", jobid, name, exc, extra=job_extra(name, jobid))
 
     def url_of(self, name: str, jobid: str) -> str:
         """``info``'s URL: empty until the job's service is reachable through its proxy."""
@@ -565,15 +567,15 @@ class Downstream:
                 self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
                 self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
                 self.journal.collected(jobid)
-                interactive = job is None or job.interactive
                 if job is not None:
                     self.book.forget(job)
         finally:
             self._unlock(f"exit:{jobid}", lock)
         await self._cleanup(jobid)
-        if self.proxies is not None and interactive:
-            with trio.move_on_after(10):
-                await self.proxies.stop(str(number))
+        # A tracked job's proxy went when it finished (execute: Finished). One still running is left
+        # from before a restart: stopped off upstream's request path; /gc removes any it cannot see.
+        if self.proxies is not None and self.proxies.status(str(number)) is not None and self._nursery is not None:
+            self._nursery.start_soon(self._stop_proxy_of, number, jobid, name)
         return answer
 
     async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
