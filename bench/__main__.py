@@ -151,8 +151,8 @@ def summarize(results: dict) -> list[dict]:
         parse = fp["child"]["cpu_ms"]["parse_only_median"]
         cycle = fp["child"]["cpu_ms"]["steady_poll_median"]
         add("RSS with 10,000 tracked jobs", f"{rss:.0f} MiB", "< 150 MB", rss * 1.048576 < 150)
-        add("CPU parsing a 10,000-line squeue", f"{parse:.0f} ms (whole poll cycle {cycle:.0f} ms)", "< 50 ms",
-            parse < 50)
+        add("CPU parsing a 10,000-line squeue", f"{parse:.0f} ms from scratch (steady poll cycle {cycle:.0f} ms, "
+            "unchanged lines reused)", "< 50 ms", parse < 50)
     ref = results.get("baseline")
     if ref:
         r1 = ref.get("runstatus 1 client", {})
@@ -164,8 +164,9 @@ def summarize(results: dict) -> list[dict]:
             add("reference way / daemon, Slurm commands/min",
                 f"{ld['reference_slurm_commands_per_min'] / ld['daemon_slurm_commands_per_min']:.0f}x "
                 f"({ld['reference_slurm_commands_per_min']:.0f} vs {ld['daemon_slurm_commands_per_min']:.0f}; and "
-                f"{ld['reference_ssh_logins_per_min']:.0f} SSH logins/min vs {ld['daemon_ssh_logins_per_min']:.0f})",
-                "(ratio)", None)
+                f"{ld['reference_ssh_logins_per_min']:.0f} SSH logins/min vs {ld['daemon_ssh_logins_per_min']:.0f}; "
+                f"the reference served {ld['upstream']['achieved_per_s']:.0f} of {ld['upstream']['demanded_per_s']:.0f} "
+                "calls/s asked, the daemon all)", "(ratio)", None)
         for label in ("1 client", "8 clients"):
             s = ref.get(f"submit {label}")
             if s and not math.isnan(s["daemon_per_s"]):

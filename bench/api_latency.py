@@ -2,8 +2,8 @@
 
 A concurrent httpx client (8 connections, keep-alive, like an upstream with a
 worker pool) calls the daemon's process over a real socket. Each endpoint gets
-a warm-up, then three repetitions; the figures are the median of the
-repetitions' medians and of their p99s.
+a warm-up, then three timed windows; median and p99 are taken over all their
+calls together (each window's own figures are kept in ``reps``).
 
 The 100- and 1,000-job tiers are real: held Slurm jobs on the test cluster,
 polled by the real daemon over SSH. 10,000 real jobs would take minutes to
@@ -47,16 +47,15 @@ FLOOR_ARGV = [sys.executable, "-m", "bench.floor"]
 Call = Callable[[int], Awaitable[httpx.Response]]
 
 
-async def measure(call: Call, *, concurrency: int = CONCURRENCY, reps: int = REPS, warmup: int = WARMUP,
-                  rep_seconds: float | None = None) -> dict:
-    """Latency of ``call`` from ``concurrency`` clients over ``reps`` timed windows (ms).
+async def measure(call: Call, *, concurrency: int = CONCURRENCY) -> dict:
+    """Latency of ``call`` from ``concurrency`` clients over REPS timed windows (ms).
 
     Windows are timed, not counted, so that together they span at least one of
     the daemon's polls (a poll holds the trio loop while it applies the
     snapshot): the p99 is taken over all the windows' calls, so it includes
     what a poll does to requests; the per-window medians show the spread.
     """
-    seconds = rep_seconds if rep_seconds is not None else REP_SECONDS.get(concurrency, 1.0)
+    seconds = REP_SECONDS[concurrency]
     counter = iter(range(10**9))
     size = 0
 
@@ -84,10 +83,10 @@ async def measure(call: Call, *, concurrency: int = CONCURRENCY, reps: int = REP
         return samples
 
     freeze_heap()  # the client's own collector pauses are not the server's latency
-    await burst(warmup, time.perf_counter() + seconds)
+    await burst(WARMUP, time.perf_counter() + seconds)
     pooled: list[float] = []
     runs = []
-    for _ in range(reps):
+    for _ in range(REPS):
         started = time.perf_counter()
         samples = await burst(MAX_CALLS, started + seconds)
         wall = time.perf_counter() - started
@@ -255,6 +254,7 @@ async def run_simulated(ctx: Context, jobs: int) -> dict:
             "endpoints": await endpoints(ctx, live, active, finished)}
     tier["rss_kb"] = live.proc.status()
     tier["open_loop"] = await ctx.undisturbed("open loop", lambda: open_loop(live.proc.upstream, active))
+    await ctx.stop(f"sim{jobs}")  # the floor has the two cores to itself, as it claims
     tier["floor"] = await floor(ctx)
     _record(ctx, tier)
     _print_open_loop(tier)

@@ -128,7 +128,7 @@ async def run(ctx: Context) -> dict:
             ("1 client", SUBMIT_SERIAL, 1, "daemon /submit, 1 client"),
             (f"{CONCURRENCY} clients", SUBMIT_PARALLEL, CONCURRENCY, f"daemon /submit, {CONCURRENCY} clients")):
         async def ref_submit(i: int) -> None:
-            ctx.jobids.append(await ref.submit(sbatch_args, script))
+            await ref.submit(sbatch_args, script)
 
         samples, wall = await ctx.undisturbed(f"reference submits, {label}", partial(_timed, calls, clients,
                                                                                     ref_submit))

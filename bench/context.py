@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from bench.cluster import ControllerWatch, CountingSSHD, cancel, cancel_run
+from bench.cluster import ControllerWatch, CountingSSHD, cancel_run
 from bench.daemon_proc import DaemonProcess, daemon, job_name, submit
 from bench.stats import Stopwatch
 
@@ -61,7 +61,6 @@ class Context:
         self.work = Path(tempfile.mkdtemp(prefix="slurm-downstream-bench-run."))
         self.keep = keep
         self.results: dict[str, dict] = {}
-        self.jobids: list[str] = []
         self._numbers = itertools.count(1)
         self._daemons: dict[str, Live] = {}
         self._stacks: dict[str, contextlib.AsyncExitStack] = {}
@@ -122,23 +121,18 @@ class Context:
             live.sshd.__exit__()
 
     async def release_cluster(self) -> None:
-        """Stop every daemon and cancel every job this run created (before the simulated stages)."""
+        """Stop every daemon and cancel every job this run created (before the simulated stages).
+
+        Every job's name carries the run's tag, so none is missed, even one whose id never came back."""
         for key in list(self._daemons):
             await self.stop(key)
-        jobids, self.jobids = self.jobids, []
-        if jobids:
-            await trio.to_thread.run_sync(cancel, jobids)
         await trio.to_thread.run_sync(cancel_run, self.tag)
 
     async def aclose(self, failed: bool) -> None:
         with trio.CancelScope(shield=True):
-            for key in list(self._daemons):
-                await self.stop(key)
+            await self.release_cluster()
             for sshd in self._sshds:
                 sshd.__exit__()
-            if self.jobids:
-                await trio.to_thread.run_sync(cancel, self.jobids)
-            await trio.to_thread.run_sync(cancel_run, self.tag)
         if self.keep or failed:
             print(f"\nlogs kept in {self.work} and {', '.join(str(s.dir) for s in self._sshds)}")
             return
@@ -165,7 +159,6 @@ class Context:
                 with Stopwatch() as sw:
                     jobid = await submit(live.proc.upstream, name, number, held=held, body=body)
                 seconds.append(sw.seconds)
-                self.jobids.append(jobid)
                 live.numbers[name] = number
                 jobs.append(JobRef(name, number, jobid))
 

@@ -88,7 +88,6 @@ async def measure(ctx: Context, interval: float, seed: int) -> dict:
     for name in sorted(names):
         number = int(name.rsplit("-", 1)[1])
         jobids.append(await submit(live.proc.upstream, name, number, held=True, body=f"sleep {rng.uniform(2, 4):.2f}"))
-    ctx.jobids.extend(jobids)
 
     async def release_all() -> None:
         for jobid in jobids:

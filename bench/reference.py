@@ -15,7 +15,7 @@ import shlex
 
 import trio
 
-from adapters.slurm.parsers import JOB_PREFIX, expand_nodes, parse_duration
+from adapters.slurm.parsers import JOB_PREFIX, expand_nodes, parse_duration, parse_sbatch
 from daemon.service import hms
 
 QUEUED_STATES = "PENDING,CONFIGURING,REQUEUE_FED,REQUEUE_HOLD,REQUEUED"
@@ -26,11 +26,9 @@ class ReferenceDownstream:
     def __init__(self, ssh_argv: list[str], user: str) -> None:
         self.ssh_argv = ssh_argv
         self.user = user
-        self.connections = 0
 
     async def _run(self, command: str, stdin: str | None = None) -> str:
         """One new SSH connection, one command, connection closed."""
-        self.connections += 1
         result = await trio.run_process([*self.ssh_argv, command], stdin=stdin.encode() if stdin else b"",
                                         capture_stdout=True, capture_stderr=True, check=False)
         if result.returncode != 0:
@@ -60,5 +58,4 @@ class ReferenceDownstream:
         return [list(expand_nodes(nodes)), hms(parse_duration(elapsed)), f"{name}/{number}/{jobid}", None]
 
     async def submit(self, sbatch_args: list[str], script: str) -> str:
-        out = await self._run("sbatch " + " ".join(shlex.quote(a) for a in sbatch_args), stdin=script)
-        return out.strip().splitlines()[-1].split(";")[0]
+        return parse_sbatch(await self._run(f"sbatch {shlex.join(sbatch_args)}", stdin=script))

@@ -32,6 +32,7 @@ import asyncssh
 import trio
 
 from adapters import jobscript
+from adapters.slurm.parsers import parse_sbatch
 from bench.cluster import cancel, local_env
 from bench.context import CONCURRENCY, Context, Live
 from bench.stats import median_of, ms, show, summary
@@ -58,7 +59,7 @@ def same_job(env: dict[str, str], name: str) -> tuple[list[str], str]:
 def _raw_job(env: dict[str, str], name: str) -> tuple[Settings, str, str]:
     """The settings, the sbatch command line and the script of a raw submit under ``name``."""
     sbatch_args, script = same_job(env, name)
-    return load(env), "sbatch " + " ".join(shlex.quote(a) for a in sbatch_args), script
+    return load(env), "sbatch " + shlex.join(sbatch_args), script
 
 
 def _connect(settings: Settings) -> AbstractAsyncContextManager[asyncssh.SSHClientConnection]:
@@ -80,7 +81,7 @@ def _raw_ssh(env: dict[str, str], count: int, parallel: int, name: str) -> tuple
             async def one() -> None:
                 async with gate:
                     result = await conn.run(command, input=script, check=True)
-                    ids.append(str(result.stdout).strip().split(";")[0])
+                    ids.append(parse_sbatch(str(result.stdout)))
 
             await asyncio.gather(*(one() for _ in range(WARMUP)))
             started = time.perf_counter()
@@ -102,7 +103,7 @@ def _raw_shell(env: dict[str, str], count: int, name: str) -> tuple[float, list[
 
             async def one() -> None:
                 shell.stdin.write(f"{command} 2>&1 <<'BENCH_EOF'\n{script}BENCH_EOF\necho '{end}'\n")
-                ids.append((await shell.stdout.readuntil(end + "\n")).split(";")[0].strip())
+                ids.append(parse_sbatch((await shell.stdout.readuntil(end + "\n"))[: -len(end) - 1]))
 
             for _ in range(WARMUP):
                 await one()
@@ -121,7 +122,7 @@ async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, 
     sbatch_args, script = same_job(env, name)
     script_file = work / "raw-job.sh"
     script_file.write_text(script)
-    sbatch = "sbatch " + " ".join(shlex.quote(a) for a in [*sbatch_args, str(script_file)])
+    sbatch = "sbatch " + shlex.join([*sbatch_args, str(script_file)])
     if parallel == 1:
         loop = f"for i in $(seq {count}); do {sbatch}; done"
     else:
@@ -131,7 +132,7 @@ async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, 
     started = time.perf_counter()
     done = await trio.run_process(["bash", "-c", loop], env=local_env(), capture_stdout=True, capture_stderr=True)
     seconds = time.perf_counter() - started
-    return seconds, [line.split(";")[0] for line in done.stdout.decode().split()]
+    return seconds, [parse_sbatch(line) for line in done.stdout.decode().split()]
 
 
 async def _daemon_rate(ctx: Context, live: Live, count: int, clients: int) -> dict:
@@ -162,7 +163,6 @@ async def run(ctx: Context) -> dict:
             return await _raw_local(raw_sshd.env(), count, parallel, name, ctx.work)
 
         seconds, ids = await ctx.undisturbed(label, once)
-        ctx.jobids.extend(ids)
         await trio.to_thread.run_sync(cancel, ids)
         rows[label] = {"jobs": count, "seconds": seconds, "jobs_per_s": count / seconds}
 
