@@ -17,10 +17,8 @@ from adapters import jobscript
 from adapters.slurm.client import SlurmClient
 from adapters.ssh import SSHClient
 from daemon.server import open_ssh, script_environment
-from tests.integration.conftest import settings
+from tests.integration.conftest import settings, unique_name
 from tests.support.upstream import submit_args
-
-pytestmark = pytest.mark.cluster
 
 
 def login_shells() -> set[str]:
@@ -36,7 +34,7 @@ class Submitter:
 
     async def submit(self, number: int) -> str:
         conf = settings()
-        name = f"20261123-shells{self.tag}-alice_{number}"
+        name = unique_name(f"shells{self.tag}-{number}")  # cancelled jobs of an earlier run stay listed a while
         submission = jobscript.build(submit_args(name, number, "true", held=True), conf.executor,
                                      script_environment(conf))
         self.jobs[name] = jobid = await self.client.submit(submission)
