@@ -681,6 +681,7 @@ async def test_link_lost_after_sbatch_took_effect(nursery: trio.Nursery, ssh_fau
                 sshd.kill()
                 ssh_fault.sbatch.slow(False)
                 await wait_until(lambda: "response" in first, 20, "the cut-off submit to be answered")
+            while_down = await up.post("/submit", args)  # retried at once: still no login node
             await trio.sleep(1.0)  # a short outage: upstream retries once the login node is back
             ended = await sshd.start()
             recovered_at, retry = await first_ok(lambda: up.post("/submit", args), 45)
@@ -694,6 +695,7 @@ async def test_link_lost_after_sbatch_took_effect(nursery: trio.Nursery, ssh_fau
             assert retry.json()[0] == slurm_id
             assert (lost, duplicated) == (0, 0), details
             assert first["response"].status_code == 503, first["response"].text
+            assert while_down.status_code == 503, while_down.text  # unavailable, not refused: the name is not lost
 
 
 async def test_daemon_sigkilled_while_its_sbatch_is_in_flight(daemon_processes: list[DaemonProcess],
