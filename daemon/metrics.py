@@ -138,6 +138,10 @@ class Metrics:
                                        registry=r)
         self.proxy_bytes = Counter(f"{PREFIX}_proxy_bytes", "Bytes carried by job proxies, by direction (up: user to job)",
                                    ["direction"], registry=r)
+        self.effect_failures = Counter(f"{PREFIX}_effect_failures",
+                                       "Background work for a job that failed and will be retried, by effect and "
+                                       "kind (error: the cluster or a backend could not do it; bug: anything else)",
+                                       ["effect", "kind"], registry=r)
         r.register(_Live(self))
 
     # ------------------------------------------------------------ helpers for the counting code

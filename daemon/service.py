@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeVar
 
 import trio
@@ -30,6 +31,7 @@ from adapters.slurm.client import ClusterInfo, Poll
 from adapters.slurm.parsers import parse_comment
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
+from daemon.supervisor import Supervisor
 from statemachines.book import DuplicateJob, JobBook
 from statemachines.job import Effect, Finished, Job, JobState, Outcome, Resolve
 from statemachines.slurm_states import UNKNOWN_EXIT, Phase, code_from_rc_file, exit_code_of, long_name, phase_of
@@ -102,12 +104,10 @@ class Downstream:
         self.book.machine.clock = self.wall
         self._answers: dict[str, _Answer] = {}
         self._name_locks: dict[str, trio.Lock] = {}
-        self._resolving: set[str] = set()
         self._duplicates: set[str] = set()  # Slurm job ids already reported as duplicates
         self._wake = trio.Event()
-        self._nursery: trio.Nursery | None = None
+        self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
         self._restored = False
-        self._tending = False
         self._node_addresses: dict[str, str] = {}
         self._proxy_bytes_seen: dict[int, tuple[int, int]] = {}
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
@@ -130,14 +130,18 @@ class Downstream:
 
     # ------------------------------------------------------------ the poller
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll forever; effects run as tasks of the same nursery."""
+        """Poll forever; effects run as supervised tasks of the same nursery."""
         self.restore()
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self.supervisor.nursery = nursery
             task_status.started()
             while True:
                 started = trio.current_time()
-                await self.poll_once()
+                try:
+                    await self.poll_once()
+                except Exception as exc:  # noqa: BLE001 - a bug in one poll must not end the daemon
+                    self._poll_failed(f"internal error: {exc!r}")
+                    log.error("poll failed on an internal error, jobs keep their last known state", exc_info=exc)
                 with trio.move_on_after(self.poll_interval):
                     await self._wake.wait()
                     # a burst of submits is seen by one poll, not one poll each (submit throughput)
@@ -264,9 +268,8 @@ class Downstream:
         self.status.last_error = ""
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
-        if self.proxies is not None and self._nursery is not None and not self._tending:
-            self._tending = True
-            self._nursery.start_soon(self._tend_proxies)
+        if self.proxies is not None:  # the next poll is its retry: one attempt, one at a time
+            self.supervisor.spawn("tend proxies", "", "", self._tend_proxies, key="tend", attempts=1)
 
     def _poll_failed(self, why: str) -> None:
         """A poll that leaves the snapshot as it was: the admin page and /metrics both count it."""
@@ -276,17 +279,17 @@ class Downstream:
 
     def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Resolve) and effect.jobid not in self._resolving and self._nursery:
-                self._resolving.add(effect.jobid)
-                self._nursery.start_soon(self._resolve, effect.jobid)
+            if isinstance(effect, Resolve):  # every poll that misses the job asks again: that is its retry
+                self.supervisor.spawn("resolve", "", effect.jobid, partial(self._resolve, effect.jobid),
+                                      key=f"resolve:{effect.jobid}", attempts=1)
             elif isinstance(effect, Finished):
                 job = self.book.get(effect.jobid)
                 if job is not None:
                     log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code,
                         extra=job_extra(job.name, job.jobid))
                     self._record_outcome(job)
-                    if job.interactive and self.proxies is not None and self._nursery is not None:
-                        self._nursery.start_soon(self._stop_proxy, job)
+                    if job.interactive:
+                        self._stop_proxy_later(job.number, job.jobid, job.name)
 
     def _record_outcome(self, job: Job) -> None:
         """Until upstream collects it: the cluster may purge the job and have no accounting."""
@@ -295,14 +298,8 @@ class Downstream:
             "termination": job.termination, "nodes": list(job.nodes), "at": self.wall()})
 
     async def _resolve(self, jobid: str) -> None:
-        try:
-            facts = await self.slurm.inspect(jobid)
-        except DownstreamError as exc:
-            log.warning("job %s vanished from squeue and could not be inspected (will retry): %s", jobid, exc,
-                extra=job_extra("", jobid))
-            return
-        finally:
-            self._resolving.discard(jobid)
+        """A job squeue no longer lists: what became of it (a failure is the supervisor's; the next poll retries)."""
+        facts = await self.slurm.inspect(jobid)
         job = self.book.get(jobid)
         if job is None:
             return
@@ -330,15 +327,16 @@ class Downstream:
 
     # ------------------------------------------------------------ interactive jobs' proxies
     async def _tend_proxies(self) -> None:
-        """After each poll: a proxy for every running interactive job whose service answers."""
-        try:
-            interactive = [job for job in self.book if job.interactive and not job.final]
-            for job in interactive:
-                if job.port_index is not None:
-                    await self._tend_proxy(job)
-            self._count_proxy_traffic(interactive)
-        finally:
-            self._tending = False
+        """After each poll: a proxy for every running interactive job whose service answers.
+
+        Each job is tended under the supervisor's guard: one job's failure (a bug, an untranslated
+        backend error) is logged with it and counted, and the other jobs are still tended.
+        """
+        interactive = [job for job in self.book if job.interactive and not job.final]
+        for job in interactive:
+            if job.port_index is not None:
+                await self.supervisor.guard("tend proxy", job.name, job.jobid, partial(self._tend_proxy, job))
+        self._count_proxy_traffic(interactive)
 
     def proxy_status(self, job: Job) -> ProxyStatus | None:
         if self.proxies is None or not job.interactive:
@@ -397,16 +395,17 @@ class Downstream:
             self._node_addresses[node] = await self.slurm.node_address(node)
         return self._node_addresses[node]
 
-    async def _stop_proxy(self, job: Job) -> None:
-        await self._stop_proxy_of(job.number, job.jobid, job.name)
+    def _stop_proxy_later(self, number: int, jobid: str, name: str) -> None:
+        """Stop a job's proxy off the caller's path, retried until it is gone (/gc also collects it)."""
+        if self.proxies is not None:
+            self.supervisor.spawn("stop proxy", name, jobid, partial(self.proxies.stop, str(number)),
+                                  key=f"stop-proxy:{number}")
 
-    async def _stop_proxy_of(self, number: int, jobid: str, name: str) -> None:
-        if self.proxies is None:
-            return
-        try:
-            await self.proxies.stop(str(number))
-        except DownstreamError as exc:  # /gc collects it later
-            log.warning("job %s (%s): could not stop its proxy: %s", jobid, name, exc, extra=job_extra(name, jobid))
+    async def _stop_proxy_now(self, job: Job) -> None:
+        """Stop a job's proxy before answering (/terminate: users lose it at once); retried if that fails."""
+        if self.proxies is not None:
+            await self.supervisor.now_or_later("stop proxy", job.name, job.jobid,
+                                               partial(self.proxies.stop, str(job.number)), key=f"stop-proxy:{job.number}")
 
     def url_of(self, name: str, jobid: str) -> str:
         """``info``'s URL: empty until the job's service is reachable through its proxy."""
@@ -578,8 +577,8 @@ class Downstream:
         await self._clean([jobid])
         # A tracked job's proxy went when it finished (execute: Finished). One still running is left
         # from before a restart: stopped off upstream's request path; /gc removes any it cannot see.
-        if self.proxies is not None and self.proxies.status(str(number)) is not None and self._nursery is not None:
-            self._nursery.start_soon(self._stop_proxy_of, number, jobid, name)
+        if self.proxies is not None and self.proxies.status(str(number)) is not None:
+            self._stop_proxy_later(number, jobid, name)
         return answer
 
     async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
@@ -603,9 +602,8 @@ class Downstream:
         self.journal.to_clean(jobids, self.wall())
         try:
             await self._upstream(self.slurm.cleanup, jobids)
-        except DownstreamError as exc:  # the answer stands; the files wait for the next /gc
-            log.warning("could not remove the files of job(s) %s (retried at the next /gc): %s", ", ".join(jobids),
-                        exc, extra=job_extra("", jobids[0]) if len(jobids) == 1 else None)
+        except Exception as exc:  # noqa: BLE001 - the answer stands; the files wait for the next /gc
+            self.supervisor.failed("clean", "", ",".join(jobids), exc)
             return False
         self.journal.cleaned(jobids)
         return True
@@ -622,7 +620,7 @@ class Downstream:
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
             job.terminating = True
-            await self._stop_proxy(job)
+            await self._stop_proxy_now(job)
         self.wake()
         return True
 
@@ -670,11 +668,8 @@ class Downstream:
             await self._upstream(self.slurm.ping)  # upstream's call: never on the poller's channel
         except DownstreamError:
             return False
-        if self.proxies is not None:
-            wanted = {str(j.number) for j in self.book if j.interactive and not j.final}
-            for key in sorted(await self.proxies.keys() - wanted):
-                log.info("gc: removing the proxy of job number %s, which no tracked job needs", key)
-                await self.proxies.stop(key)
+        if self.proxies is not None:  # the proxy backend's failures are not the cluster's: still OK
+            await self.supervisor.guard("gc proxies", "", "", self._gc_proxies)
         forgotten = self._forget_uncollected()
         pending = self.journal.cleanups()
         try:
@@ -691,6 +686,14 @@ class Downstream:
             if await self._clean(batch):
                 log.info("gc: removed the files of job(s) %s", ", ".join(batch))
         return True
+
+    async def _gc_proxies(self) -> None:
+        """Proxies whose job is gone (from before a restart, or a stop that failed); each stop guarded."""
+        assert self.proxies is not None
+        wanted = {str(j.number) for j in self.book if j.interactive and not j.final}
+        for key in sorted(await self.proxies.keys() - wanted):
+            log.info("gc: removing the proxy of job number %s, which no tracked job needs", key)
+            await self.supervisor.guard("stop proxy", "", "", partial(self.proxies.stop, key))
 
     def _forget_uncollected(self) -> list[str]:
         """Finished jobs whose /exitstatus upstream never asked for within ``gc_age``: upstream has moved on."""

@@ -14,39 +14,11 @@ import trio
 import trio.testing
 
 from adapters.jobscript import ScriptEnvironment
-from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
 from adapters.slurm.twin import SimulatedSlurm
 from daemon.service import Downstream
 from statemachines.job import JobState
+from tests.support.fake_proxies import RecordingProxies
 from tests.support.upstream import submit_args
-
-
-class RecordingProxies:
-    """Serves every proxy it is asked for, at once; keeps the order of starts and stops."""
-
-    def __init__(self) -> None:
-        self.serving: dict[str, ProxyTarget] = {}
-        self.calls: list[tuple[str, str]] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    async def start(self, target: ProxyTarget) -> ProxyStatus:
-        self.calls.append(("start", target.key))
-        self.serving[target.key] = target
-        return self.status(target.key)
-
-    async def stop(self, key: str) -> None:
-        self.calls.append(("stop", key))
-        self.serving.pop(key, None)
-
-    def status(self, key: str) -> ProxyStatus | None:
-        target = self.serving.get(key)
-        return None if target is None else ProxyStatus(ProxyState.SERVING, url=f"http://proxy/{key}/")
-
-    async def keys(self) -> set[str]:
-        return set(self.serving)
 
 
 async def test_a_terminated_job_gets_no_proxy_while_slurm_is_still_ending_it(

@@ -1,0 +1,127 @@
+"""Supervised background work: one failure stays one job's problem, and the daemon keeps running.
+
+Background effects (tending and stopping proxies, resolving vanished jobs, removing files) ran
+in the poller's nursery catching only ``DownstreamError``: anything else (an untranslated
+Kubernetes error, a bug) cancelled the nursery, so the daemon and every proxy session ended.
+Now each effect is logged with its job, counted in /metrics, retried, and never fatal; and /gc
+answers about the cluster even when the proxy backend fails. Driven on the simulated Slurm with
+an in-memory proxy backend that fails on request; trio time autojumps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.twin import SimulatedSlurm
+from daemon.service import Downstream
+from statemachines.job import JobState
+from tests.support.fake_proxies import RecordingProxies
+from tests.support.upstream import submit_args
+
+
+class KubeApiError(Exception):
+    """Stands for an error the Kubernetes client raises that no adapter translated."""
+
+
+class World:
+    def __init__(self) -> None:
+        self.twin = SimulatedSlurm(min_job_age=10)
+        self.proxies = RecordingProxies()
+        self.downstream = Downstream(slurm=self.twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"),
+                                     poll_interval=10**6, min_poll_gap=0, proxies=self.proxies)
+
+    async def poll(self) -> None:
+        polls = self.downstream.status.polls
+        self.downstream.wake()
+        while self.downstream.status.polls == polls:
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # and the effects that the poll started
+
+    async def running_job(self, name: str, number: int, *, interactive: bool = True) -> str:
+        while not self.downstream.ready:
+            await trio.sleep(0.01)
+        jobid, _ = await self.downstream.submit(submit_args(name, number, "sleep 600", interactive=interactive))
+        self.twin.start(jobid)
+        await self.poll()
+        return jobid
+
+    def failures(self, effect: str, kind: str) -> float:
+        value = self.downstream.metrics.registry.get_sample_value(
+            "slurm_downstream_effect_failures_total", {"effect": effect, "kind": kind})
+        return value or 0.0
+
+
+@pytest.fixture
+async def world(nursery: trio.Nursery) -> AsyncIterator[World]:
+    w = World()
+    await nursery.start(w.downstream.run)
+    yield w
+
+
+async def test_a_proxy_backend_bug_for_one_job_leaves_the_daemon_and_the_other_jobs_running(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.proxies.start_error["1"] = KubeApiError("(500) Internal Server Error")
+    broken = await world.running_job("broken", 1)
+    fine = await world.running_job("fine", 2)
+    assert world.downstream.book.get(fine).state is JobState.PROXYING
+    assert world.downstream.url_of("fine", fine) == "http://proxy/2/"
+    assert world.failures("tend proxy", "bug") >= 1
+    await world.poll()  # the daemon still polls
+    del world.proxies.start_error["1"]
+    await world.poll()  # and the next poll's tending retries the job that failed
+    assert world.downstream.book.get(broken).state is JobState.PROXYING
+
+
+async def test_a_bug_while_resolving_a_vanished_job_is_retried_by_the_next_poll(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    jobid = await world.running_job("batch", 3, interactive=False)
+    world.twin.finish(jobid, 0)
+    world.twin.advance(60)  # purged from squeue before any poll saw it end
+    inspect, calls = world.twin.inspect, []
+
+    async def buggy_inspect(job: str):  # noqa: ANN202 - the twin's own signature
+        calls.append(job)
+        if len(calls) == 1:
+            raise ValueError("could not parse sacct's line")
+        return await inspect(job)
+
+    world.twin.inspect = buggy_inspect  # type: ignore[method-assign]
+    await world.poll()
+    assert calls == [jobid] and world.failures("resolve", "bug") == 1
+    assert not world.downstream.book.get(jobid).final
+    await world.poll()
+    assert world.downstream.book.get(jobid).state is JobState.COMPLETED
+
+
+async def test_terminate_answers_when_the_proxy_will_not_stop_and_the_stop_is_retried(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    jobid = await world.running_job("desktop", 7)
+    world.proxies.stop_error["7"] = KubeApiError("(409) Conflict")
+    assert await world.downstream.terminate({"name": "desktop", "number": 7, "jobid": jobid})
+    assert world.failures("stop proxy", "bug") == 1 and "7" in world.proxies.serving
+    del world.proxies.stop_error["7"]
+    await trio.sleep(30)  # the supervisor's backoff
+    assert "7" not in world.proxies.serving
+    assert world.downstream.url_of("desktop", jobid) == ""
+
+
+async def test_gc_answers_about_the_cluster_whatever_the_proxy_backend_does(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    await world.running_job("desktop", 8)
+    world.proxies.serving["99"] = world.proxies.serving["8"]  # a proxy no tracked job needs
+    world.proxies.keys_error = KubeApiError("(503) Service Unavailable")
+    assert await world.downstream.gc()
+    world.proxies.keys_error = None
+    world.proxies.stop_error["99"] = KubeApiError("(500) Internal Server Error")
+    assert await world.downstream.gc()
+    assert world.failures("gc proxies", "bug") == 1 and world.failures("stop proxy", "bug") == 1
+    del world.proxies.stop_error["99"]
+    assert await world.downstream.gc()
+    assert set(world.proxies.serving) == {"8"}
+    world.twin.link_up = False
+    assert not await world.downstream.gc()  # the cluster cannot be reached: BAD, as the contract says
