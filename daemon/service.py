@@ -23,12 +23,12 @@ from adapters import jobscript
 from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
-from adapters.proxy.base import ProxyBackend, ProxyState, ProxyStatus, ProxyTarget
+from adapters.proxy.base import ProxyBackend, ProxyStatus
 from adapters.proxy.local import TunnelOpener
-from adapters.proxy.local import probe as probe_service
 from adapters.slurm.backend import SlurmBackend
 from adapters.slurm.client import ClusterInfo, Poll
 from adapters.slurm.parsers import parse_comment
+from daemon.interactive import Interactive
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
 from daemon.supervisor import Supervisor
@@ -41,7 +41,6 @@ T = TypeVar("T")
 
 TAIL_DEFAULT = 100
 ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
-PROXY_RETRIES = 3  # proxy starts that may fail for one job before its info says why and it stops trying
 GC_BATCH = 200  # jobs whose files one removal command takes
 
 
@@ -107,9 +106,8 @@ class Downstream:
         self._duplicates: set[str] = set()  # Slurm job ids already reported as duplicates
         self._wake = trio.Event()
         self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
+        self.interactive = Interactive(self)
         self._restored = False
-        self._node_addresses: dict[str, str] = {}
-        self._proxy_bytes_seen: dict[int, tuple[int, int]] = {}
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
         self._in_slurm: frozenset[str] = frozenset()  # every job id the last complete poll listed
 
@@ -269,7 +267,7 @@ class Downstream:
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
         if self.proxies is not None:  # the next poll is its retry: one attempt, one at a time
-            self.supervisor.spawn("tend proxies", "", "", self._tend_proxies, key="tend", attempts=1)
+            self.supervisor.spawn("tend proxies", "", "", self.interactive.tend, key="tend", attempts=1)
 
     def _poll_failed(self, why: str) -> None:
         """A poll that leaves the snapshot as it was: the admin page and /metrics both count it."""
@@ -289,7 +287,7 @@ class Downstream:
                         extra=job_extra(job.name, job.jobid))
                     self._record_outcome(job)
                     if job.interactive:
-                        self._stop_proxy_later(job.number, job.jobid, job.name)
+                        self.interactive.stop_later(job.number, job.jobid, job.name)
 
     def _record_outcome(self, job: Job) -> None:
         """Until upstream collects it: the cluster may purge the job and have no accounting."""
@@ -325,102 +323,12 @@ class Downstream:
         if expired:
             self.journal.expire(self.wall())
 
-    # ------------------------------------------------------------ interactive jobs' proxies
-    async def _tend_proxies(self) -> None:
-        """After each poll: a proxy for every running interactive job whose service answers.
-
-        Each job is tended under the supervisor's guard: one job's failure (a bug, an untranslated
-        backend error) is logged with it and counted, and the other jobs are still tended.
-        """
-        interactive = [job for job in self.book if job.interactive and not job.final]
-        for job in interactive:
-            if job.port_index is not None:
-                await self.supervisor.guard("tend proxy", job.name, job.jobid, partial(self._tend_proxy, job))
-        self._count_proxy_traffic(interactive)
-
+    # ------------------------------------------------------------ interactive jobs (daemon/interactive.py)
     def proxy_status(self, job: Job) -> ProxyStatus | None:
-        if self.proxies is None or not job.interactive:
-            return None
-        return self.proxies.status(str(job.number))
-
-    def _count_proxy_traffic(self, jobs: list[Job]) -> None:
-        """Proxies count their own bytes; the metrics get what moved since the last look."""
-        open_now, seen = 0, {}
-        for job in jobs:
-            status = self.proxy_status(job)
-            if status is None:
-                continue
-            open_now += status.connections
-            seen_up, seen_down = self._proxy_bytes_seen.get(job.number, (0, 0))
-            self.metrics.proxy_bytes_up(max(0, status.bytes_up - seen_up))
-            self.metrics.proxy_bytes_down(max(0, status.bytes_down - seen_down))
-            seen[job.number] = (status.bytes_up, status.bytes_down)
-        self._proxy_bytes_seen = seen  # ended jobs drop out
-        self.metrics.proxy_connections.set(open_now)
-
-    async def _tend_proxy(self, job: Job) -> None:
-        assert self.proxies is not None
-        key = str(job.number)
-        state = JobState(job.state)
-        status = self.proxies.status(key)
-        if state is JobState.PROXYING and (status is None or status.state is not ProxyState.SERVING):
-            job.last_error = status.error if status else "its proxy stopped"
-            self.book.machine.fire(job, "proxy_down")
-            state = JobState.RUNNING
-        if state is not JobState.RUNNING or not job.nodes or job.terminating:
-            return  # a terminated job's service may answer until Slurm's KillWait ends it: not to users
-        if status is None or status.state is not ProxyState.SERVING:
-            if job.proxy_failures >= PROXY_RETRIES:
-                return  # its info says why (last_error); a new poll will not change that
-            try:
-                host = await self._node_address(job.nodes[0])
-                port = self.script_env.service_port + job.port_index
-                if self.tunnels is not None and not await probe_service(self.tunnels, host, port):
-                    return  # the job's web server is not listening yet: the URL stays empty
-                status = await self.proxies.start(ProxyTarget(key=key, host=host, port=port))
-            except DownstreamError as exc:
-                status = ProxyStatus(ProxyState.FAILED, error=str(exc))
-            if status.state is ProxyState.FAILED:
-                job.proxy_failures += 1
-                job.last_error = f"proxy failed ({job.proxy_failures}/{PROXY_RETRIES}): {status.error}"
-                log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error, extra=job_extra(job.name, job.jobid))
-                return
-        if status.state is ProxyState.SERVING and JobState(job.state) is JobState.RUNNING:
-            self.book.machine.fire(job, "proxy_up")
-            log.info("job %s (%s): interactive service at %s", job.jobid, job.name, status.url,
-                     extra=job_extra(job.name, job.jobid))
-
-    async def _node_address(self, node: str) -> str:
-        if node not in self._node_addresses:
-            self._node_addresses[node] = await self.slurm.node_address(node)
-        return self._node_addresses[node]
-
-    def _stop_proxy_later(self, number: int, jobid: str, name: str) -> None:
-        """Stop a job's proxy off the caller's path, retried until it is gone (/gc also collects it)."""
-        if self.proxies is not None:
-            self.supervisor.spawn("stop proxy", name, jobid, partial(self.proxies.stop, str(number)),
-                                  key=f"stop-proxy:{number}")
-
-    async def _stop_proxy_now(self, job: Job) -> None:
-        """Stop a job's proxy before answering (/terminate: users lose it at once); retried if that fails."""
-        if self.proxies is not None:
-            await self.supervisor.now_or_later("stop proxy", job.name, job.jobid,
-                                               partial(self.proxies.stop, str(job.number)), key=f"stop-proxy:{job.number}")
+        return self.interactive.status(job)
 
     def url_of(self, name: str, jobid: str) -> str:
-        """``info``'s URL: empty until the job's service is reachable through its proxy."""
-        job = self.book.get(jobid)
-        if job is None or job.name != name or JobState(job.state) is not JobState.PROXYING:
-            return ""
-        status = self.proxy_status(job)  # the proxy's own word, not a copy of it
-        return status.url if status is not None and status.state is ProxyState.SERVING else ""
-
-    def _free_port_index(self) -> int:
-        used = {j.port_index for j in self.book if j.port_index is not None and not j.final}
-        for index in range(self.port_count):
-            if index not in used:
-                return index
-        raise ClusterUnavailable(f"all {self.port_count} interactive ports are in use (JARVICE_SLURM_PORT_COUNT)")
+        return self.interactive.url_of(name, jobid)
 
     async def _upstream(self, command: Callable[..., Awaitable[T]], *args: object) -> T:
         """A Slurm command on upstream's behalf: many slow ``tail``s must never keep the poller
@@ -477,7 +385,7 @@ class Downstream:
                         return [job.jobid, submission.fscript]
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 if req.interactive and job.port_index is None:
-                    job.port_index = self._free_port_index()
+                    job.port_index = self.interactive.free_port_index()
                 if job.port_index is not None:  # known only now: rendered again with the job's ports
                     submission = jobscript.build(args, self.executor, self.script_env, port_index=job.port_index)
                     job.fscript = submission.fscript  # what a repeated submit answers: the script Slurm runs
@@ -578,7 +486,7 @@ class Downstream:
         # A tracked job's proxy went when it finished (execute: Finished). One still running is left
         # from before a restart: stopped off upstream's request path; /gc removes any it cannot see.
         if self.proxies is not None and self.proxies.status(str(number)) is not None:
-            self._stop_proxy_later(number, jobid, name)
+            self.interactive.stop_later(number, jobid, name)
         return answer
 
     async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
@@ -620,7 +528,7 @@ class Downstream:
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
             job.terminating = True
-            await self._stop_proxy_now(job)
+            await self.interactive.stop_now(job)
         self.wake()
         return True
 
@@ -669,7 +577,7 @@ class Downstream:
         except DownstreamError:
             return False
         if self.proxies is not None:  # the proxy backend's failures are not the cluster's: still OK
-            await self.supervisor.guard("gc proxies", "", "", self._gc_proxies)
+            await self.supervisor.guard("gc proxies", "", "", self.interactive.collect)
         forgotten = self._forget_uncollected()
         pending = self.journal.cleanups()
         try:
@@ -686,14 +594,6 @@ class Downstream:
             if await self._clean(batch):
                 log.info("gc: removed the files of job(s) %s", ", ".join(batch))
         return True
-
-    async def _gc_proxies(self) -> None:
-        """Proxies whose job is gone (from before a restart, or a stop that failed); each stop guarded."""
-        assert self.proxies is not None
-        wanted = {str(j.number) for j in self.book if j.interactive and not j.final}
-        for key in sorted(await self.proxies.keys() - wanted):
-            log.info("gc: removing the proxy of job number %s, which no tracked job needs", key)
-            await self.supervisor.guard("stop proxy", "", "", partial(self.proxies.stop, key))
 
     def _forget_uncollected(self) -> list[str]:
         """Finished jobs whose /exitstatus upstream never asked for within ``gc_age``: upstream has moved on."""

@@ -49,6 +49,10 @@ class Supervisor:
     nursery: trio.Nursery | None = None
     _running: set[str] = field(default_factory=set)
 
+    def delay(self, attempt: int) -> float:
+        """The wait after the ``attempt``-th failure in a row (1-based): doubling, capped."""
+        return min(self.backoff_cap, self.backoff * 2 ** min(max(attempt - 1, 0), 30))
+
     def busy(self, key: str) -> bool:
         return key in self._running
 
@@ -95,11 +99,11 @@ class Supervisor:
 
     async def _retrying(self, effect: str, name: str, jobid: str, work: Work, key: str | None,
                         attempts: int | None, first_delay: bool) -> None:
-        delay, attempt = self.backoff, 0
+        attempt, waited = 0, 0
         try:
-            if first_delay:
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.backoff_cap)
+            if first_delay:  # the caller's own attempt failed just now
+                waited += 1
+                await trio.sleep(self.delay(waited))
             while attempts is None or attempt < attempts:
                 attempt += 1
                 try:
@@ -109,8 +113,8 @@ class Supervisor:
                     self.failed(effect, name, jobid, exc, attempt)
                 if attempts is not None and attempt >= attempts:
                     return  # the caller retries (the next poll asks again): the key is free for it
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.backoff_cap)
+                waited += 1
+                await trio.sleep(self.delay(waited))
         finally:
             if key is not None:
                 self._running.discard(key)

@@ -128,7 +128,10 @@ class Job:
     limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped)
     adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
     port_index: int | None = None  # interactive: its service port is base + this (also in the Slurm comment)
-    proxy_failures: int = 0  # interactive: proxy starts that failed while the job ran
+    proxy_failures: int = 0  # interactive: permanent proxy failures (the backend gave up) since it last served
+    proxy_attempts: int = 0  # interactive: failed proxy attempts in a row, of any kind (sets the backoff)
+    proxy_retry_at: float = 0.0  # interactive: no new proxy attempt before this (daemon clock)
+    proxy_probes: int = 0  # interactive: probes its service did not answer since it last served
     terminating: bool = False  # upstream asked to end it: no proxy again, though Slurm may show it running a while
     state: JobState = JobState.QUEUED
     history: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (wall time, state)

@@ -84,6 +84,7 @@ class SimulatedSlurm:
     files: dict[str, float] = field(default_factory=dict)  # job id -> newest mtime of its files in the jobs dir
     wall: Callable[[], float] = wall_clock  # stamps those files, as the nodes' clocks would
     link_up: bool = True
+    node_addresses: dict[str, str] = field(default_factory=dict)  # NodeAddr by node (default 127.0.0.1); may change
     view_in_thread: bool = False  # build poll answers in a worker thread, as the real client parses them
     clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
     _faults: dict[str, list[Fault]] = field(default_factory=dict)
@@ -104,13 +105,21 @@ class SimulatedSlurm:
         for jobid in [j.jobid for j in self.jobs.values() if j.ended is not None and self.time - j.ended >= self.min_job_age]:
             del self.jobs[jobid]
 
-    def start(self, jobid: str) -> None:
+    def start(self, jobid: str, nodes: tuple[str, ...] = ()) -> None:
+        """The job runs, on ``nodes`` if given (else the first nodes of the cluster)."""
         job = self.jobs[jobid]
         if job.code != "PD" or job.held:
             raise ValueError(f"job {jobid} cannot start from {job.code}{' (held)' if job.held else ''}")
         job.code, job.reason, job.started = "R", "None", self.time
-        job.nodes = self.nodes[: max(1, min(job.nodes_wanted, len(self.nodes)))]
+        job.nodes = nodes or self.nodes[: max(1, min(job.nodes_wanted, len(self.nodes)))]
         self.files[jobid] = self.wall()  # its script writes its output, its tree, then its rc file
+
+    def requeue(self, jobid: str) -> None:
+        """Slurm put a running job back in the queue (node failure, preemption, ``scontrol requeue``)."""
+        job = self.jobs[jobid]
+        if job.code != "R":
+            raise ValueError(f"job {jobid} is not running ({job.code})")
+        job.code, job.reason, job.nodes, job.started = "PD", "BeginTime", (), None
 
     def finish(self, jobid: str, rc: int = 0) -> None:
         """Task 0 ends with ``rc``: the job writes its exit-code file and completes (or fails)."""
@@ -272,7 +281,7 @@ class SimulatedSlurm:
         self._lost(fault)
         if node not in self.nodes:
             raise CommandFailed("scontrol show node", 1, f"Node {node} not found")
-        return "127.0.0.1"  # every simulated node lives on this host, as in the test cluster
+        return self.node_addresses.get(node, "127.0.0.1")  # by default every node lives on this host
 
     async def show_job(self, jobid: str) -> str:
         fault = await self._command("scontrol")

@@ -2,7 +2,8 @@
 
 Faults are set per key by the tests: ``start_error[key]`` is raised by ``start`` (an exception,
 e.g. an untranslated Kubernetes error) or returned (a ``ProxyStatus``, e.g. FAILED with a reason);
-``stop_error`` and ``keys_error`` likewise for ``stop`` and ``keys``.
+``stop_error`` and ``keys_error`` likewise for ``stop`` and ``keys``; ``gave_up[key]`` is the FAILED
+status a started proxy shows (the backend gave up on it, as Kubernetes does on a crash loop).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class RecordingProxies:
         self.start_error: dict[str, BaseException | ProxyStatus] = {}
         self.stop_error: dict[str, BaseException] = {}
         self.keys_error: BaseException | None = None
+        self.gave_up: dict[str, ProxyStatus] = {}  # started, then the backend gave up (crash loop, image pull)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -34,6 +36,8 @@ class RecordingProxies:
         if fault is not None:
             return fault
         self.serving[target.key] = target
+        if target.key in self.gave_up:
+            return ProxyStatus(ProxyState.STARTING)  # as Kubernetes: the objects exist, the pod fails later
         return self.status(target.key)
 
     async def stop(self, key: str) -> None:
@@ -44,6 +48,8 @@ class RecordingProxies:
 
     def status(self, key: str) -> ProxyStatus | None:
         target = self.serving.get(key)
+        if target is not None and key in self.gave_up:
+            return self.gave_up[key]
         return None if target is None else ProxyStatus(ProxyState.SERVING, url=f"http://proxy/{key}/")
 
     async def keys(self) -> set[str]:

@@ -16,44 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from adapters.jobscript import ScriptEnvironment
-from adapters.slurm.twin import SimulatedSlurm
-from daemon.service import Downstream
 from statemachines.job import JobState
-from tests.support.fake_proxies import RecordingProxies
-from tests.support.upstream import submit_args
+from tests.support.daemon_world import World
 
 
 class KubeApiError(Exception):
     """Stands for an error the Kubernetes client raises that no adapter translated."""
-
-
-class World:
-    def __init__(self) -> None:
-        self.twin = SimulatedSlurm(min_job_age=10)
-        self.proxies = RecordingProxies()
-        self.downstream = Downstream(slurm=self.twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"),
-                                     poll_interval=10**6, min_poll_gap=0, proxies=self.proxies)
-
-    async def poll(self) -> None:
-        polls = self.downstream.status.polls
-        self.downstream.wake()
-        while self.downstream.status.polls == polls:
-            await trio.sleep(0.01)
-        await trio.testing.wait_all_tasks_blocked()  # and the effects that the poll started
-
-    async def running_job(self, name: str, number: int, *, interactive: bool = True) -> str:
-        while not self.downstream.ready:
-            await trio.sleep(0.01)
-        jobid, _ = await self.downstream.submit(submit_args(name, number, "sleep 600", interactive=interactive))
-        self.twin.start(jobid)
-        await self.poll()
-        return jobid
-
-    def failures(self, effect: str, kind: str) -> float:
-        value = self.downstream.metrics.registry.get_sample_value(
-            "slurm_downstream_effect_failures_total", {"effect": effect, "kind": kind})
-        return value or 0.0
 
 
 @pytest.fixture

@@ -1,0 +1,148 @@
+"""Interactive jobs' proxies heal: blips are waited out, hopeless proxies stop costing, requeued jobs move.
+
+Before: a transient failure (the Kubernetes API or SSH unreachable for a moment) counted towards
+a three-strike limit, so a job's URL died for ever after three blips; a proxy the backend gave up
+on (crash loop, image pull back-off) was never counted and was started again on every poll; a job
+Slurm requeued kept its URL while pending and a proxy aimed at its old node; a node's address was
+cached for ever; probes ran one job after the other; and a service that never answered left no
+trace for admins. Driven on the simulated Slurm with an in-memory proxy backend; time autojumps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from adapters.errors import ClusterUnavailable
+from adapters.proxy.base import ProxyState, ProxyStatus
+from daemon.interactive import PROBE_LIMIT, PROXY_RETRIES, SILENT_PROBES
+from statemachines.job import JobState
+from tests.support.daemon_world import FakeTunnels, World
+
+CRASH_LOOP = ProxyStatus(ProxyState.FAILED, error="CrashLoopBackOff: back-off 5m0s restarting failed container")
+
+
+@pytest.fixture
+async def world(nursery: trio.Nursery) -> AsyncIterator[World]:
+    w = World()
+    await nursery.start(w.downstream.run)
+    yield w
+
+
+def starts(world: World, key: str) -> int:
+    return world.proxies.calls.count(("start", key))
+
+
+async def test_transient_proxy_failures_are_waited_out_however_many(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.proxies.start_error["1"] = ClusterUnavailable("Kubernetes API: connection refused")
+    jobid = await world.running_job("desktop", 1)
+    for _ in range(5):  # a burst of polls right after the blip: no API call for each
+        await world.poll()
+    assert starts(world, "1") == 1
+    for _ in range(2 * PROXY_RETRIES):  # blip after blip, each retried after its backoff
+        await trio.sleep(120)
+        await world.poll()
+    assert starts(world, "1") == 1 + 2 * PROXY_RETRIES
+    del world.proxies.start_error["1"]
+    await trio.sleep(120)
+    await world.poll()
+    assert world.downstream.book.get(jobid).state is JobState.PROXYING
+    assert world.downstream.url_of("desktop", jobid) == "http://proxy/1/"
+
+
+async def test_a_proxy_the_backend_gave_up_on_is_retried_a_few_times_then_left_alone(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.proxies.gave_up["2"] = CRASH_LOOP
+    jobid = await world.running_job("desktop", 2)
+    for _ in range(20):
+        await trio.sleep(120)
+        await world.poll()
+    job = world.downstream.book.get(jobid)
+    assert starts(world, "2") == PROXY_RETRIES
+    assert "CrashLoopBackOff" in job.last_error and f"{PROXY_RETRIES}/{PROXY_RETRIES}" in job.last_error
+    assert world.downstream.url_of("desktop", jobid) == ""
+
+
+async def test_serving_forgives_earlier_failures(world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.proxies.gave_up["3"] = CRASH_LOOP
+    jobid = await world.running_job("desktop", 3)
+    for _ in range(PROXY_RETRIES - 1):
+        await trio.sleep(120)
+        await world.poll()
+    del world.proxies.gave_up["3"]
+    await trio.sleep(120)
+    await world.poll()
+    assert world.downstream.url_of("desktop", jobid) == "http://proxy/3/"
+    world.proxies.gave_up["3"] = CRASH_LOOP  # it crashes again later: a fresh set of retries
+    before = starts(world, "3")
+    for _ in range(20):
+        await trio.sleep(120)
+        await world.poll()
+    # the crash is the first strike of a fresh count: two more starts, then it gives up
+    assert starts(world, "3") - before == PROXY_RETRIES - 1
+    assert f"{PROXY_RETRIES}/{PROXY_RETRIES}" in world.downstream.book.get(jobid).last_error
+
+
+async def test_a_requeued_job_loses_its_url_and_gets_a_proxy_aimed_at_its_new_node(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.twin.node_addresses.update({"node1": "10.0.0.1", "node2": "10.0.0.2"})
+    jobid = await world.running_job("desktop", 4, nodes=("node1",))
+    assert world.proxies.serving["4"].host == "10.0.0.1"
+    world.twin.requeue(jobid)
+    await world.poll()
+    assert world.downstream.url_of("desktop", jobid) == ""  # while it pends again, no URL to a dead service
+    world.twin.start(jobid, ("node2",))
+    await world.poll()
+    assert world.proxies.serving["4"].host == "10.0.0.2"
+    assert world.downstream.url_of("desktop", jobid) == "http://proxy/4/"
+
+
+async def test_a_nodes_new_address_is_read_when_a_job_starts_there(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.twin.node_addresses["node1"] = "10.0.0.1"
+    first = await world.running_job("desktop", 5, nodes=("node1",))
+    world.twin.finish(first)
+    await world.poll()
+    world.twin.node_addresses["node1"] = "10.0.0.9"  # a cloud node came back with a new address
+    await world.running_job("desktop-again", 6, nodes=("node1",))
+    assert world.proxies.serving["6"].host == "10.0.0.9"
+
+
+async def test_interactive_jobs_are_probed_concurrently_under_a_limit(autojump_clock: trio.testing.MockClock) -> None:
+    world = World(tunnels=FakeTunnels(delay=1.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        jobids = [await world.submitted(f"desktop-{n}", n) for n in range(1, 3 * PROBE_LIMIT)]
+        for jobid in jobids:
+            world.twin.start(jobid)
+        await world.poll()
+        await trio.sleep(10)
+        tunnels = world.downstream.tunnels
+        assert 1 < tunnels.most_in_flight <= PROBE_LIMIT
+        assert all(world.downstream.book.get(j).state is JobState.PROXYING for j in jobids)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_service_that_never_answers_is_reported_after_some_probes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    tunnels = FakeTunnels()
+    tunnels.listening = set()
+    world = World(tunnels=tunnels)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        jobid = await world.running_job("silent", 7)
+        job = world.downstream.book.get(jobid)
+        for _ in range(SILENT_PROBES - 2):
+            await world.poll()
+        assert job.last_error == ""  # starting up takes a while: not an error yet
+        for _ in range(2):
+            await world.poll()
+        assert "has not answered" in job.last_error and world.downstream.url_of("silent", jobid) == ""
+        tunnels.listening = None
+        await world.poll()
+        assert world.downstream.url_of("silent", jobid) == "http://proxy/7/" and job.last_error == ""
+        nursery.cancel_scope.cancel()
