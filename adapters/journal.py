@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS intents (name TEXT PRIMARY KEY, number INTEGER NOT NULL, interactive INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS intents (name TEXT PRIMARY KEY, number INTEGER NOT NULL, interactive INTEGER NOT NULL,
+                                    port_index INTEGER);
 CREATE TABLE IF NOT EXISTS outcomes (jobid TEXT PRIMARY KEY, name TEXT NOT NULL, number INTEGER NOT NULL,
                                      record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL, expires REAL NOT NULL);
@@ -39,6 +40,7 @@ class Intent:
     name: str
     number: int
     interactive: bool
+    port_index: int | None = None  # an interactive job's ports, reserved while its sbatch is in doubt
 
 
 @dataclass(frozen=True)
@@ -58,20 +60,24 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(intents)")}
+        if "port_index" not in columns:  # a journal written before intents kept the port index
+            self._db.execute("ALTER TABLE intents ADD COLUMN port_index INTEGER")
 
     def close(self) -> None:
         self._db.close()
 
     # ------------------------------------------------------------ intents
-    def intend(self, name: str, number: int, interactive: bool) -> None:
-        self._db.execute("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", (name, number, int(interactive)))
+    def intend(self, name: str, number: int, interactive: bool, port_index: int | None = None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO intents (name, number, interactive, port_index) VALUES (?, ?, ?, ?)",
+                         (name, number, int(interactive), port_index))
 
     def settle(self, name: str) -> None:
         self._db.execute("DELETE FROM intents WHERE name = ?", (name,))
 
     def intents(self) -> list[Intent]:
-        rows = self._db.execute("SELECT name, number, interactive FROM intents ORDER BY name")
-        return [Intent(name, number, bool(interactive)) for name, number, interactive in rows]
+        rows = self._db.execute("SELECT name, number, interactive, port_index FROM intents ORDER BY name")
+        return [Intent(name, number, bool(interactive), port) for name, number, interactive, port in rows]
 
     # ------------------------------------------------------------ outcomes
     def finished(self, jobid: str, name: str, number: int, record: dict) -> None:

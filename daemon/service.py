@@ -26,7 +26,7 @@ from adapters.journal import Journal
 from adapters.proxy.base import ProxyBackend, ProxyStatus
 from adapters.proxy.local import TunnelOpener
 from adapters.slurm.backend import SlurmBackend
-from adapters.slurm.client import ClusterInfo, Poll
+from adapters.slurm.client import ClusterInfo, Poll, SlurmJob
 from adapters.slurm.parsers import parse_comment
 from daemon.interactive import Interactive
 from daemon.logs import job_extra
@@ -176,7 +176,8 @@ class Downstream:
         now, wall = self.clock(), self.wall()
         for intent in self.journal.intents():
             if self.book.named(intent.name) is None:
-                job = Job(name=intent.name, number=intent.number, interactive=intent.interactive)
+                job = Job(name=intent.name, number=intent.number, interactive=intent.interactive,
+                          port_index=intent.port_index)  # its ports stay reserved while it is in doubt
                 self.book.add(job)
                 self.book.in_limbo(job, now, "the daemon stopped while its sbatch was in flight")
         for outcome in self.journal.outcomes():
@@ -200,8 +201,7 @@ class Downstream:
             if known is not None and known.limbo_since is not None:
                 log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
                     extra=job_extra(sj.name, jobid))
-                effects += self.book.settle(known, jobid, sj, now=now, since=poll.started_at)
-                self.journal.settle(sj.name)
+                effects += self._settle(known, sj, since=poll.started_at)
                 continue
             if known is not None and not known.jobid:
                 continue  # its sbatch is in flight and will register it when it answers
@@ -222,6 +222,16 @@ class Downstream:
                     extra=job_extra(sj.name, jobid))
                 if job.final:
                     self._record_outcome(job)
+        return effects
+
+    def _settle(self, job: Job, sj: SlurmJob, *, since: float) -> list[Effect]:
+        """A job in limbo is in Slurm after all: its ports are the ones its comment names (after a
+        restart the book may not know them, and must neither lose its proxy nor hand its ports out)."""
+        tag = parse_comment(sj.comment)
+        if tag is not None and tag.port_index is not None:
+            job.port_index = tag.port_index
+        effects = self.book.settle(job, sj.jobid, sj, now=self.clock(), since=since)
+        self.journal.settle(job.name)
         return effects
 
     def _expire_limbo(self, poll: Poll) -> None:
@@ -389,7 +399,7 @@ class Downstream:
                 if job.port_index is not None:  # known only now: rendered again with the job's ports
                     submission = jobscript.build(args, self.executor, self.script_env, port_index=job.port_index)
                     job.fscript = submission.fscript  # what a repeated submit answers: the script Slurm runs
-                self.journal.intend(req.name, req.number, req.interactive)
+                self.journal.intend(req.name, req.number, req.interactive, job.port_index)
                 try:
                     jobid = await self._sbatch(job, submission)
                 except DownstreamError:
@@ -444,9 +454,7 @@ class Downstream:
         if not found:
             return False
         sj = found[-1]
-        now = self.clock()
-        self.execute(self.book.settle(job, sj.jobid, sj, now=now, since=now))
-        self.journal.settle(job.name)
+        self.execute(self._settle(job, sj, since=self.clock()))
         log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid,
             extra=job_extra(job.name, sj.jobid))
         return True
