@@ -58,6 +58,7 @@ class Interactive:
         self._aims: dict[str, _Aim] = {}  # job id -> its proxy's target, as last started
         self._bytes_seen: dict[int, tuple[int, int]] = {}
         self._probes = trio.CapacityLimiter(PROBE_LIMIT)
+        self._asked = False  # a poll asked for a tending that has not begun yet
 
     # ------------------------------------------------------------ ports
     def free_port_index(self) -> int:
@@ -83,6 +84,17 @@ class Interactive:
         return status.url if status is not None and status.state is ProxyState.SERVING else ""
 
     # ------------------------------------------------------------ tending
+    def after_poll(self) -> None:
+        """Tend once more after this poll: now, or right after a tending still under way (which may have read
+        the jobs before this poll changed them); never two at once."""
+        self._asked = True
+        self.core.supervisor.spawn("tend proxies", "", "", self._tend_while_asked, key="tend", attempts=1)
+
+    async def _tend_while_asked(self) -> None:
+        while self._asked:
+            self._asked = False
+            await self.tend()
+
     async def tend(self) -> None:
         """After each poll: a proxy for every running interactive job whose service answers.
 

@@ -276,8 +276,8 @@ class Downstream:
         self.status.last_error = ""
         self.metrics.observe_poll(now - started)
         self._expire_answers(now)
-        if self.proxies is not None:  # the next poll is its retry: one attempt, one at a time
-            self.supervisor.spawn("tend proxies", "", "", self.interactive.tend, key="tend", attempts=1)
+        if self.proxies is not None:
+            self.interactive.after_poll()
 
     def _poll_failed(self, why: str) -> None:
         """A poll that leaves the snapshot as it was: the admin page and /metrics both count it."""
