@@ -526,11 +526,12 @@ def build(args: Mapping[str, object], executor: str, env: ScriptEnvironment,
           port_index: int | None = None) -> Submission:
     """Validate ``/submit`` args and render the job; raises InvalidRequest naming the problem.
 
-    ``port_index``: an interactive job's slot; its service and SSH ports are the site's plus
-    this, written into its script and its Slurm comment (so a restarted daemon finds them).
+    ``port_index``: an interactive job's slot; its service port is the site's plus this and its SSH
+    port the site's minus this (the two ranges grow apart, so no job's SSH port is another's service
+    port), written into its script and its Slurm comment (so a restarted daemon finds them).
     """
     if port_index is not None:
-        env = replace(env, service_port=env.service_port + port_index, ssh_port=env.ssh_port + port_index)
+        env = replace(env, service_port=env.service_port + port_index, ssh_port=env.ssh_port - port_index)
     script = decode_script(args.get("hpc_script"), executor)
     values = job_values(fill_placeholder(script, ""))  # as the job will see them: {{ }} undoubled
     req = parse_request(args, values)

@@ -372,8 +372,9 @@ def _proxy(env: Mapping[str, str]) -> ProxySettings:
         raise ConfigError("JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER",
                           "set either it (a ClusterIssuer) or JARVICE_JOBS_INGRESS_CERT_ISSUER (an Issuer), not both")
     image = _get(env, "JARVICE_SLURM_PROXY_IMAGE")
-    if mode == "kubernetes" and not image:
-        raise ConfigError("JARVICE_SLURM_PROXY_IMAGE", "is required when JARVICE_SLURM_PROXY_MODE=kubernetes")
+    kube_api = _get(env, "JARVICE_SLURM_KUBE_API")
+    if mode == "kubernetes":
+        _kubernetes_mode(env, image, kube_api, tolerations)
     return ProxySettings(
         mode=mode,
         bind=_get(env, "JARVICE_SLURM_PROXY_BIND", "0.0.0.0"),
@@ -387,10 +388,46 @@ def _proxy(env: Mapping[str, str]) -> ProxySettings:
         image=image,
         ssh_secret=_get(env, "JARVICE_SLURM_PROXY_SSH_SECRET", "jarvice-slurm-downstream-ssh"),
         tolerations=tolerations,
-        kube_api=_get(env, "JARVICE_SLURM_KUBE_API"),
+        kube_api=kube_api,
         leader_election=_bool(env, "JARVICE_SLURM_LEADER_ELECTION"),
         identity=_get(env, "JARVICE_SLURM_POD_NAME") or socket.gethostname(),
     )
+
+
+def _kubernetes_mode(env: Mapping[str, str], image: str, kube_api: str, tolerations: str) -> None:
+    """What Kubernetes mode needs, checked here: found later, inside the running daemon and after
+    connecting to the cluster, a mistake would surface as a traceback instead of one line and exit 2."""
+    from adapters.kube.domain import JobsDomain  # pure parsing (no kubernetes import); one parser for both
+
+    mode = "is required when JARVICE_SLURM_PROXY_MODE=kubernetes"
+    if not image:
+        raise ConfigError("JARVICE_SLURM_PROXY_IMAGE", mode)
+    domain = _get(env, "JARVICE_JOBS_DOMAIN")
+    if not domain:
+        raise ConfigError("JARVICE_JOBS_DOMAIN", mode)
+    try:
+        JobsDomain.parse(domain)
+    except ValueError as exc:
+        raise ConfigError("JARVICE_JOBS_DOMAIN", str(exc)) from None
+    if kube_api and not re.match(r"^https?://[^/\s]+", kube_api):
+        raise ConfigError("JARVICE_SLURM_KUBE_API", f"expected an http:// or https:// URL, got {kube_api!r}")
+    if not all(isinstance(t, dict) for t in json.loads(tolerations)):
+        raise ConfigError("JARVICE_JOBS_TOLERATIONS", "must be a JSON list of objects")
+
+
+def _port_ranges(service_port: int, ssh_port: int, count: int) -> None:
+    """Interactive job *i* listens on service port ``service_port + i`` and SSH port ``ssh_port - i``:
+    both ranges must fit in 1..65535 and never share a port (a job's SSH port must not be another's service)."""
+    service = (service_port, service_port + count - 1)
+    ssh = (ssh_port - count + 1, ssh_port)
+    if service[1] > 65535:
+        raise ConfigError("JARVICE_SLURM_PORT_COUNT", f"service ports {service[0]}-{service[1]} go past 65535")
+    if ssh[0] < 1:
+        raise ConfigError("JARVICE_SLURM_PORT_COUNT", f"SSH ports count down from {ssh_port} below 1 "
+                          f"({count} interactive jobs)")
+    if service[0] <= ssh[1] and ssh[0] <= service[1]:
+        raise ConfigError("JARVICE_SLURM_JOB_SSH_PORT", f"SSH ports {ssh[0]}-{ssh[1]} overlap service ports "
+                          f"{service[0]}-{service[1]} (JARVICE_SLURM_SERVICE_PORT, JARVICE_SLURM_PORT_COUNT)")
 
 
 def _journal(env: Mapping[str, str]) -> str:
@@ -465,6 +502,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if jobs_domain and not re.match(r"^[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._/-]*\$)?$", jobs_domain):
         raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
     max_sessions = _int(env, "JARVICE_SLURM_SSH_MAX_SESSIONS", 8, 1, 1000)
+    service_port = _int(env, "JARVICE_SLURM_SERVICE_PORT", 2228, 1, 65535)
+    ssh_port = _int(env, "JARVICE_SLURM_JOB_SSH_PORT", 2227, 1, 65535)
+    port_count = _int(env, "JARVICE_SLURM_PORT_COUNT", 100, 1, 10_000)
+    _port_ranges(service_port, ssh_port, port_count)
     log_level, log_format = logging_settings(env)
     return Settings(
         cluster_addr=login.host,
@@ -489,10 +530,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         jobs_domain=jobs_domain,
         executor=_get(env, "JARVICE_BAREMETAL_EXECUTOR", "singularity"),
         poll_interval=_float(env, "JARVICE_SLURM_POLL_INTERVAL", 2.0, 0.2, 600.0),
-        service_port=_int(env, "JARVICE_SLURM_SERVICE_PORT", 2228, 1, 65535),
-        ssh_port=_int(env, "JARVICE_SLURM_JOB_SSH_PORT", 2227, 1, 65535),
+        service_port=service_port,
+        ssh_port=ssh_port,
         registry=_registry(env),
-        port_count=_int(env, "JARVICE_SLURM_PORT_COUNT", 100, 1, 10_000),
+        port_count=port_count,
         journal=_journal(env),
         log_format=log_format,
         proxy=_proxy(env),

@@ -34,9 +34,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"slurm-downstream: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BaseExceptionGroup as group:
+        # what only the running daemon can find (the proxy pods' host key after trust on first use,
+        # no Kubernetes configuration): raised inside its nursery, still one line and exit 2
+        config, rest = group.split(ConfigError)
+        if config is None or rest is not None:
+            raise
+        print(f"slurm-downstream: configuration error: {_first(config)}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -179,6 +179,19 @@ def _clean_env(**extra: str) -> dict[str, str]:
     [
         ({"JARVICE_SLURM_CLUSTER_PORT": "0"}, "JARVICE_SLURM_CLUSTER_PORT"),
         ({"JARVICE_SLURM_SCHED_LOGLEVEL": "LOUD"}, "JARVICE_SLURM_SCHED_LOGLEVEL"),
+        # Kubernetes mode's mistakes used to surface inside the running daemon, after connecting, as a traceback
+        ({"JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_PROXY_IMAGE": "img"}, "JARVICE_JOBS_DOMAIN"),
+        ({"JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_PROXY_IMAGE": "img",
+          "JARVICE_JOBS_DOMAIN": "lookup"}, "JARVICE_JOBS_DOMAIN"),
+        ({"JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_PROXY_IMAGE": "img",
+          "JARVICE_JOBS_DOMAIN": "jobs.example.org", "JARVICE_SLURM_KUBE_API": "kube.example.org:6443"},
+         "JARVICE_SLURM_KUBE_API"),
+        ({"JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_PROXY_IMAGE": "img",
+          "JARVICE_JOBS_DOMAIN": "jobs.example.org", "JARVICE_JOBS_TOLERATIONS": "[1]"}, "JARVICE_JOBS_TOLERATIONS"),
+        # ports: a job's SSH port must never be another job's service port, and all must exist
+        ({"JARVICE_SLURM_JOB_SSH_PORT": "2300"}, "JARVICE_SLURM_JOB_SSH_PORT"),
+        ({"JARVICE_SLURM_SERVICE_PORT": "65500"}, "JARVICE_SLURM_PORT_COUNT"),
+        ({"JARVICE_SLURM_JOB_SSH_PORT": "50"}, "JARVICE_SLURM_PORT_COUNT"),
     ],
 )
 def test_serve_with_invalid_env_exits_2_with_one_line(pem: str, extra: dict, variable: str) -> None:

@@ -513,3 +513,14 @@ def test_batch_script_with_bash_syntax_check() -> None:
     proc = subprocess.run(["/bin/bash", "-n"], input=sub.batch_script, capture_output=True, text=True,
                           env={"PATH": os.defpath}, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_no_interactive_jobs_ssh_port_is_another_jobs_service_port() -> None:
+    """With the default bases (2228, 2227) job i's SSH port used to be job i-1's service port."""
+    ports = []
+    for index in range(5):
+        sub = build(submit_args("desktop", 7, "true", interactive=True), "singularity", ENV, port_index=index)
+        exports = exports_of(sub.batch_script)
+        ports += [exports["SINGULARITYENV_JARVICE_SERVICE_PORT"], exports["SINGULARITYENV_JARVICE_SSH_PORT"]]
+    assert len(set(ports)) == len(ports), ports
+    assert ports[:2] == ["2228", "2227"]  # the first job keeps the reference downstream's ports
