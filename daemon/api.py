@@ -167,8 +167,8 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Response:
-        if not downstream.ready:
-            return _json({"status": "NOT READY", "version": VERSION, "error": downstream.status.last_error}, 503)
+        if not downstream.ready:  # no error text: /ready is not authenticated (admins read it on /admin)
+            return _json({"status": "NOT READY", "version": VERSION}, 503)
         return _json({"status": "OK", "version": VERSION})
 
     @app.get("/gc")
@@ -253,7 +253,7 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
             return _json({"about": "", "help": "", "url": downstream.url_of(name, jobid), "actions": {}})
         if method == "tail":
             lines = _tail_lines(_first(qs, "lines", str(TAIL_DEFAULT)))
-            return Response(await downstream.tail(jobid, lines), mimetype="text/plain")
+            return Response(await downstream.tail(name, jobid, lines), mimetype="text/plain")
         if method == "screenshot":
             raise NotFound("screenshots are not supported")
         return Response("", status=200)  # ping, connect, and methods we do not implement

@@ -357,10 +357,10 @@ class Downstream:
 
     def runstatus(self, args: Mapping[str, object]) -> list:
         name, number, jobid = job_identity(args)
+        self.require_fresh()  # before the first poll after a restart, "unknown job" would be made up: 503
         job = self.book.get(jobid)
         if job is None or job.name != name:
             return [None, None, None, None]
-        self.require_fresh()
         return [list(job.nodes), hms(job.elapsed_at(self.clock())), f"{name}/{number}/{jobid}", None]
 
     # ------------------------------------------------------------ upstream: actions
@@ -564,7 +564,10 @@ class Downstream:
         self._tracked(name, jobid)  # scontrol shows any job of the cluster: only ours are shown
         return await self._upstream(self.slurm.show_job, jobid)
 
-    async def tail(self, jobid: str, lines: int) -> str:
+    async def tail(self, name: str, jobid: str, lines: int) -> str:
+        """A job's output, only to the caller naming it right (as ``events`` and ``release``): any job id
+        may have an output file, and another job's output is not this caller's to read."""
+        self._tracked(name, jobid)
         text = await self._upstream(self.slurm.tail, jobid, lines)
         if not text:
             raise NotFound(f"job {jobid} has no output")

@@ -14,6 +14,7 @@ import trio.testing
 from adapters.jobscript import ScriptEnvironment
 from adapters.slurm.twin import SimulatedSlurm
 from daemon.service import Downstream, NotFound
+from tests.support.upstream import submit_args
 
 
 async def test_slow_upstream_commands_leave_the_poller_a_channel(autojump_clock: trio.testing.MockClock) -> None:
@@ -21,19 +22,21 @@ async def test_slow_upstream_commands_leave_the_poller_a_channel(autojump_clock:
     downstream = Downstream(slurm=twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"), poll_interval=1000,
                             upstream_sessions=3)
 
-    async def tail() -> None:
+    async def tail(jobid: str) -> None:
         try:
-            await downstream.tail("1234", 10)
+            await downstream.tail("slow", jobid, 10)
         except NotFound:
-            pass  # no such job: the command ran all the same
+            pass  # no output yet: the command ran all the same
 
     async with trio.open_nursery() as nursery:
         await nursery.start(downstream.run)
         with trio.fail_after(10):
             while not downstream.ready:
                 await trio.sleep(0.1)
+        jobid, _ = await downstream.submit(submit_args("slow", 1, "true"))  # only a tracked job's output is shown
+        await trio.sleep(5)  # and the poll its submit asked for is over
         for _ in range(12):
-            nursery.start_soon(tail)
+            nursery.start_soon(tail, jobid)
         await trio.sleep(0.1)
         polls = downstream.status.polls
         downstream.wake()

@@ -1,0 +1,64 @@
+"""Every job endpoint answers alike: the same name check, the same 503 before the first poll, and no
+internal detail to callers who did not authenticate. Driven through the real Quart app on the twin."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from daemon.api import create_app
+from tests.support.daemon_world import World
+
+KEY = "upstream:s3cret"
+AUTH = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
+
+
+@pytest.fixture
+async def world(nursery: trio.Nursery) -> AsyncIterator[World]:
+    w = World()
+    await nursery.start(w.downstream.run)
+    yield w
+
+
+async def test_tail_shows_a_jobs_output_only_to_a_caller_naming_it_right(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    jobid = await world.running_job("mine", 1, interactive=False)
+    world.twin.finish(jobid, 0)
+    await world.poll()
+    client = create_app(world.downstream, KEY).test_client()
+    ok = await client.post(f"/request/mine/1/{jobid}/tail", json={"qs": {}}, headers=AUTH)
+    assert ok.status_code == 200 and jobid in await ok.get_data(as_text=True)
+    other = await client.post(f"/request/someone-else/1/{jobid}/tail", json={"qs": {}}, headers=AUTH)
+    assert other.status_code == 404 and "ran on" not in await other.get_data(as_text=True)
+
+
+async def test_runstatus_before_the_first_poll_is_503_like_the_other_answers(
+        autojump_clock: trio.testing.MockClock) -> None:
+    world = World()
+    world.twin.link_up = False  # restarted while the cluster cannot be reached
+    client = create_app(world.downstream, KEY).test_client()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        await trio.sleep(1)
+        status = await client.post("/runstatus", json={"name": "job", "number": 1, "jobid": "1000"}, headers=AUTH)
+        assert status.status_code == 503
+        assert (await client.get("/running", headers=AUTH)).status_code == 503
+        nursery.cancel_scope.cancel()
+
+
+async def test_ready_tells_unauthenticated_callers_nothing_of_the_error(autojump_clock: trio.testing.MockClock) -> None:
+    world = World()
+    world.twin.link_up = False
+    client = create_app(world.downstream, KEY).test_client()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        await trio.sleep(1)
+        assert "simulated login node" in world.downstream.status.last_error
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert "login node" not in await ready.get_data(as_text=True)
+        nursery.cancel_scope.cancel()
