@@ -93,6 +93,7 @@ class ScriptEnvironment:
     registry_proxy_repos: tuple[str, ...] = ()
     init_username_b64: str = field(default="", repr=False)
     init_password_b64: str = field(default="", repr=False)
+    instance: str = ""  # this deployment's name in its jobs' Slurm comments (JARVICE_SLURM_INSTANCE)
 
     @property
     def jobs_dir(self) -> str:
@@ -492,7 +493,7 @@ def sbatch_args(req: JobRequest, env: ScriptEnvironment, port_index: int | None 
     args = [
         "--parsable",
         f"--job-name=jarvice_{req.name}",
-        f"--comment={job_comment(req.number, port_index)}",
+        f"--comment={job_comment(req.number, port_index, env.instance)}",
         f"--output={env.jobs_dir}/%j.out",
         f"--chdir={env.scratch_dir}",
         f"--nodes={req.nodes}",

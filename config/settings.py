@@ -114,6 +114,7 @@ class Settings:
     gc_age: float = 7 * 86400.0  # /gc removes files and outcomes nobody collected once this old (seconds)
     outbound: OutboundHTTP = field(default_factory=lambda: OutboundHTTP())
     deprecations: tuple[str, ...] = ()  # older variable names read, one log line each at start
+    instance: str = ""  # JARVICE_SLURM_INSTANCE: this deployment's name in its jobs' Slurm comments
 
     @property
     def server_user(self) -> str | None:
@@ -430,6 +431,29 @@ def _port_ranges(service_port: int, ssh_port: int, count: int) -> None:
                           f"{service[0]}-{service[1]} (JARVICE_SLURM_SERVICE_PORT, JARVICE_SLURM_PORT_COUNT)")
 
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+def _instance(env: Mapping[str, str], namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """This deployment's name in its jobs' comments: a daemon adopts only its own jobs (and unsigned ones,
+    from before instances), so staging and production sharing one Slurm account never take each other's.
+
+    Default: the Kubernetes namespace the daemon's pod runs in (stable across restarts and upgrades, and
+    different for two deployments in one cluster); outside Kubernetes none (jobs go unsigned).
+    """
+    name = "JARVICE_SLURM_INSTANCE"
+    value = _get(env, name)
+    if not value:
+        try:
+            value = namespace_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
+    if not _INSTANCE_RE.match(value):
+        raise ConfigError(name, f"expected letters, digits, '.', '_' or '-' (at most 63), got {value!r}")
+    return value
+
+
 def _journal(env: Mapping[str, str]) -> str:
     name = "JARVICE_SLURM_JOURNAL"
     raw = _get(env, name) or str(Path(env.get("HOME", "/tmp")) / ".local/state/slurm-downstream/journal.sqlite3")
@@ -544,6 +568,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         gc_age=_float(env, "JARVICE_SLURM_GC_AGE", 7 * 86400.0, 60.0, 10 * 365 * 86400.0),
         outbound=_outbound(env),
         deprecations=deprecations,
+        instance=_instance(env),
     )
 
 

@@ -92,6 +92,7 @@ def script_environment(settings: Settings) -> ScriptEnvironment:
         registry_proxy_repos=reg.proxy_repos,
         init_username_b64=reg.docker_username,
         init_password_b64=reg.docker_password,
+        instance=settings.instance,
     )
 
 

@@ -214,6 +214,8 @@ class Downstream:
             tag = parse_comment(sj.comment)
             if tag is None or f"{sj.name}/{jobid}" in self._answers:
                 continue  # not submitted by a downstream, or finished and already collected
+            if tag.instance and tag.instance != self.script_env.instance:
+                continue  # another deployment's job (staging and production sharing an account): never ours
             job = self.book.adopt(sj.name, tag.number, jobid, sj, now=now, since=poll.started_at,
                                   interactive=tag.interactive)
             if job is not None:

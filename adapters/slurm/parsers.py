@@ -149,6 +149,7 @@ class JobTag:
     number: int
     interactive: bool = False
     port_index: int | None = None
+    instance: str = ""  # the deployment that submitted it (``d=``); "" in comments from before instances
 
 
 _COMMENT_RE = re.compile(r"jarvice:(\d{1,15})(?P<flags>(?:;[a-z]+=[^;]*)*)")
@@ -162,12 +163,14 @@ def parse_comment(comment: str) -> JobTag | None:
     flags = dict(item.split("=", 1) for item in match["flags"].split(";") if item)
     port = flags.get("p", "")
     return JobTag(number=int(match[1]), interactive=flags.get("i") == "1",
-                  port_index=int(port) if port.isdigit() and len(port) < 6 else None)
+                  port_index=int(port) if port.isdigit() and len(port) < 6 else None, instance=flags.get("d", ""))
 
 
-def job_comment(number: int, port_index: int | None = None) -> str:
-    """The Slurm comment ``parse_comment`` reads back; an interactive job's carries its port index."""
-    return f"jarvice:{number}" if port_index is None else f"jarvice:{number};i=1;p={port_index}"
+def job_comment(number: int, port_index: int | None = None, instance: str = "") -> str:
+    """The Slurm comment ``parse_comment`` reads back; an interactive job's carries its port index, and
+    a deployment with an instance name (``JARVICE_SLURM_INSTANCE``) signs its jobs with it."""
+    comment = f"jarvice:{number}" if port_index is None else f"jarvice:{number};i=1;p={port_index}"
+    return f"{comment};d={instance}" if instance else comment
 
 
 def parse_node_address(output: str) -> str | None:
