@@ -120,7 +120,7 @@ def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metri
     # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
     shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
     slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir, shells=runner,
-                        max_shells=shells, job_group=settings.job_group)
+                        max_shells=shells, job_group=settings.job_group, command_timeout=settings.command_timeout)
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,

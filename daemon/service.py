@@ -199,6 +199,9 @@ class Downstream:
             sj = poll.jobs[jobid]
             known = self.book.named(sj.name)
             if known is not None and known.limbo_since is not None:
+                lock = self._name_locks.get(sj.name)
+                if lock is not None and lock.locked():
+                    continue  # a retried submit is settling it, under the name's lock: it alone may
                 log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
                     extra=job_extra(sj.name, jobid))
                 effects += self._settle(known, sj, since=poll.started_at)
@@ -393,8 +396,12 @@ class Downstream:
                         log.info("submit of %s repeated: answering with job %s", req.name, job.jobid,
                             extra=job_extra(req.name, job.jobid))
                         return [job.jobid, job.fscript or submission.fscript]
+                    asked = self.clock()
                     if await self._settle_by_name(job):
                         return [job.jobid, submission.fscript]
+                    if job.limbo_since is not None and asked <= job.limbo_since + self.command_timeout:
+                        raise ClusterUnavailable(f"{req.name}: an earlier submit's answer was lost and whether it "
+                                                 f"reached Slurm is known only {self.command_timeout:g}s after it") from None
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 if req.interactive and job.port_index is None:
                     job.port_index = self.interactive.free_port_index()
@@ -439,9 +446,11 @@ class Downstream:
                 log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid,
                     extra=job_extra(job.name, found[-1].jobid))
                 return found[-1].jobid
-            self.book.submit_failed(job, "cluster unavailable")
-            self.journal.settle(job.name)
-            raise
+            # Not found *yet* is not absent: a timed-out sbatch may still be applied by slurmctld. Forgetting
+            # the job would let upstream's retry submit a second one; it stays in doubt until a poll begun
+            # command_timeout later (or a retried submit's look-up then) settles it.
+            self.book.in_limbo(job, self.clock(), f"sbatch answer lost, not in Slurm yet: {exc}")
+            raise ClusterUnavailable(f"{exc}; the job is not in Slurm yet, and may still appear there") from None
         except BaseException:
             self.book.submit_failed(job, "interrupted")
             self.journal.settle(job.name)

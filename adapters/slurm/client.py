@@ -129,8 +129,10 @@ class _PendingSubmit:
 
 class SlurmClient:
     def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto",
-                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS, job_group: str = "") -> None:
+                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS, job_group: str = "",
+                 command_timeout: float = 30.0) -> None:
         self.runner = runner
+        self.command_timeout = command_timeout  # what one sbatch may take: a batch of n gets n times it
         self.shells = shells if max_shells > 0 else None  # where sbatch runs without a session per job
         self._idle_shells: list[Shell] = []
         self._shells_open = 0
@@ -147,11 +149,12 @@ class SlurmClient:
     def jobs_dir(self) -> str:
         return jobs_dir_of(self.scratch_dir)
 
-    async def _run(self, command: str, *, stdin: str | None = None, check: bool = True) -> CommandResult:
+    async def _run(self, command: str, *, stdin: str | None = None, check: bool = True,
+                   timeout: float | None = None) -> CommandResult:
         # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
         # the log's redaction filter still applies.
         log.debug("slurm: %s", command)
-        result = await self.runner.run(command, stdin=stdin)
+        result = await self.runner.run(command, stdin=stdin, timeout=timeout)
         if check and not result.ok:
             raise command_error(command, result)
         return result
@@ -204,7 +207,7 @@ class SlurmClient:
                 one = batch[0]
                 one.settle(one.command, await self._run(one.command, stdin=one.submission.batch_script, check=False))
                 return
-            output = await self._program("".join(p.shell(i) for i, p in enumerate(batch)))
+            output = await self._program("".join(p.shell(i) for i, p in enumerate(batch)), len(batch))
         except BaseException as exc:  # the link, or the cancellation: every job of the batch is in doubt
             for pending in batch:
                 pending.fail(exc if isinstance(exc, DownstreamError) else AnswerLost(f"sbatch interrupted: {exc!r}"))
@@ -219,17 +222,21 @@ class SlurmClient:
             rc = int(status) if status.isdigit() else None
             pending.settle("sbatch", CommandResult(rc, answer if rc == 0 else "", answer if rc != 0 else ""))
 
-    async def _program(self, program: str) -> str:
-        """Run a batch program in a kept shell when one is free (or may be opened), else as `sh -s`."""
+    async def _program(self, program: str, jobs: int) -> str:
+        """Run a batch program in a kept shell when one is free (or may be opened), else as `sh -s`.
+
+        Its sbatch calls run one after the other, so the batch gets each its own deadline: a busy slurmctld
+        answering 32 jobs in 2 s each must not put the whole batch in doubt after one command timeout."""
+        timeout = self.command_timeout * jobs
         # A shell found gone before the program reached it: the next one, up to a fresh one (every
         # kept shell may be gone after a reconnect).
         for _ in range(self._max_shells + 1):
             shell = await self._take_shell()
             if shell is None:
-                return (await self._run("sh -s", stdin=program)).stdout
+                return (await self._run("sh -s", stdin=program, timeout=timeout)).stdout
             end = f"{_MARK}end-{secrets.token_hex(8)}"
             try:
-                output = await shell.exchange(f"{program}echo '{end}'\n", end=end)
+                output = await shell.exchange(f"{program}echo '{end}'\n", end=end, timeout=timeout)
             except ShellEnded:
                 self._shells_open -= 1  # a failed exchange closes its shell
                 continue

@@ -89,3 +89,69 @@ def test_a_journal_from_before_port_indexes_opens_and_keeps_its_intents(tmp_path
     assert [(i.name, i.port_index) for i in journal.intents()] == [("desktop", None)]
     journal.intend("web", 6, True, 3)
     assert [(i.name, i.port_index) for i in journal.intents()] == [("desktop", None), ("web", 3)]
+
+
+async def test_a_lost_answer_then_not_found_stays_in_doubt_and_never_doubles_the_job(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """slurmctld may apply a timed-out sbatch after the daemon looked for it: an immediate retry must not
+    submit it again; a poll begun command_timeout later settles it either way."""
+    world = World(command_timeout=30)
+    late: list = []
+    submit = world.twin.submit
+
+    async def timed_out(submission):  # noqa: ANN001, ANN202 - the twin's own signature
+        if not late:
+            late.append(submission)  # applied by slurmctld later, after the look-up found nothing
+            raise ClusterUnavailable("sbatch: timed out after 30s")
+        return await submit(submission)
+
+    world.twin.submit = timed_out  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        while not world.downstream.ready:
+            await trio.sleep(0.01)
+        args = submit_args("twice", 9, "sleep 600")
+        with pytest.raises(ClusterUnavailable):
+            await world.downstream.submit(args)
+        with pytest.raises(ClusterUnavailable):  # upstream retries at once: still in doubt, nothing submitted
+            await world.downstream.submit(args)
+        first = await submit(late[0])  # the first sbatch takes effect after all
+        await world.poll()
+        assert (await world.downstream.submit(args))[0] == first  # the retry is answered with the one job
+        names = [j for j in world.twin.jobs.values() if j.slurm_name == "jarvice_twice"]
+        assert len(names) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_poll_leaves_a_limbo_job_to_the_retried_submit_settling_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Both settling one job at once fired 'accept' on a job already running (an illegal transition)."""
+    world = World()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        while not world.downstream.ready:
+            await trio.sleep(0.01)
+        world.twin.inject("sbatch", Fault.DROP_AFTER)
+        world.twin.inject("squeue", Fault.UNAVAILABLE)
+        args = submit_args("racing", 10, "sleep 600")
+        with pytest.raises(ClusterUnavailable):
+            await world.downstream.submit(args)
+        [jobid] = [j for j, s in world.twin.jobs.items() if s.slurm_name == "jarvice_racing"]
+        world.twin.start(jobid)
+        find, looking, go = world.twin.find_by_name, trio.Event(), trio.Event()
+
+        async def slow_find(name: str):  # noqa: ANN202 - the twin's own signature
+            looking.set()
+            await go.wait()
+            return await find(name)
+
+        world.twin.find_by_name = slow_find  # type: ignore[method-assign]
+        async with trio.open_nursery() as retry:
+            retry.start_soon(world.downstream.submit, args)
+            await looking.wait()
+            await world.poll()  # the poll sees the job while the retried submit looks it up
+            go.set()
+        job = world.downstream.book.get(jobid)
+        assert job is not None and job.state is JobState.RUNNING
+        assert world.downstream.book.machine.rejected == 0
+        nursery.cancel_scope.cancel()

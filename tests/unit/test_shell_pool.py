@@ -27,8 +27,10 @@ class FakeShell:
         self.gone = False  # ended on the login node: found so before the program is sent
         self.dies_mid_program = False
         self.programs: list[str] = []
+        self.timeouts: list[tuple[int, float | None]] = []  # (sbatch calls in the program, its deadline)
 
     async def exchange(self, program: str, *, end: str, timeout: float | None = None) -> str:
+        self.timeouts.append((program.count("sbatch "), timeout))
         await trio.sleep(0.01)
         if self.gone:
             raise ShellEnded("the shell on the login node has ended")
@@ -83,3 +85,19 @@ async def test_a_shell_lost_after_the_program_was_sent_is_not_retried_elsewhere(
         await client.submit(submission(3))
     assert sum(len(s.programs) for s in opener.opened) == 3  # sent once, to one shell only
     assert len(opener.opened) == 2
+
+
+async def test_each_sbatch_of_a_batch_gets_its_own_deadline() -> None:
+    """A batch of n sbatch calls, run one after the other, may take n command timeouts: with one for the
+    whole batch, a slow slurmctld put every job of a large batch in doubt (a lost answer each)."""
+    opener = Opener()
+    client = SlurmClient(None, user="jarvice", scratch_dir="/scratch/jarvice", shells=opener, max_shells=2,  # type: ignore[arg-type]
+                         command_timeout=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.submit, submission(1))
+        await trio.sleep(0.001)  # the first on the wire: the next four go as one batch
+        for number in range(2, 6):
+            nursery.start_soon(client.submit, submission(number))
+    timeouts = [t for shell in opener.opened for t in shell.timeouts]
+    assert (4, 40) in timeouts
+    assert all(deadline == 10 * calls for calls, deadline in timeouts)
