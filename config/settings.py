@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config.jobs_domain import JobsDomain  # one parser for settings, proxies and job scripts
+
 
 class ConfigError(ValueError):
     """An environment variable has a value the daemon cannot run with."""
@@ -398,8 +400,6 @@ def _proxy(env: Mapping[str, str]) -> ProxySettings:
 def _kubernetes_mode(env: Mapping[str, str], image: str, kube_api: str, tolerations: str) -> None:
     """What Kubernetes mode needs, checked here: found later, inside the running daemon and after
     connecting to the cluster, a mistake would surface as a traceback instead of one line and exit 2."""
-    from adapters.kube.domain import JobsDomain  # pure parsing (no kubernetes import); one parser for both
-
     mode = "is required when JARVICE_SLURM_PROXY_MODE=kubernetes"
     if not image:
         raise ConfigError("JARVICE_SLURM_PROXY_IMAGE", mode)
