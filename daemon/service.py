@@ -1,16 +1,17 @@
-"""The core reactor: upstream requests and poll results in, job machines and Slurm calls out.
+"""The reactor's core and its poll loop: upstream requests and poll results in, job machines and effects out.
 
-Everything here runs on the trio thread. The book of jobs is only touched in
-code without an ``await`` in between reads and writes, so requests and the
-poller never see a half-updated job; submits of one name are serialised by a
-per-name lock (kopf's per-object serialisation), so a retried ``/submit`` can
-never create a second Slurm job.
+Everything here runs on the trio thread. The book of jobs is only touched in code without an
+``await`` in between reads and writes, so requests and the poller never see a half-updated job.
+The concerns live in their own modules and reach each other only through this core and through
+effects, as data, that ``execute`` hands to the concern that carries them out, under the one
+supervisor (daemon/supervisor.py): submission (daemon/submission.py), collection
+(daemon/collection.py), interactive jobs (daemon/interactive.py). The API layer (daemon/api.py)
+calls the ``Downstream``; the concerns never call the API.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,62 +20,40 @@ from typing import TypeVar
 
 import trio
 
-from adapters import jobscript
-from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
+from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
 from adapters.proxy.base import ProxyBackend, ProxyStatus
 from adapters.proxy.local import TunnelOpener
 from adapters.slurm.backend import SlurmBackend
-from adapters.slurm.client import ClusterInfo, Poll, SlurmJob
-from adapters.slurm.parsers import parse_comment
+from adapters.slurm.client import ClusterInfo
+from daemon.collection import Collection
+from daemon.core import (
+    ANSWER_RETENTION,
+    GC_BATCH,
+    TAIL_DEFAULT,
+    Answer,
+    Conflict,
+    NotFound,
+    PollStatus,
+    StopProxy,
+    hms,
+    job_identity,
+    termination_line,
+)
 from daemon.interactive import Interactive
 from daemon.logs import job_extra
 from daemon.metrics import Metrics
+from daemon.submission import Submissions
 from daemon.supervisor import Supervisor
-from statemachines.book import DuplicateJob, JobBook
-from statemachines.job import Effect, Finished, Job, JobState, Outcome, Resolve
-from statemachines.slurm_states import UNKNOWN_EXIT, Phase, code_from_rc_file, exit_code_of, long_name, phase_of
+from statemachines.book import JobBook
+from statemachines.job import Effect, Finished, Job, Outcome, Resolve
+
+__all__ = ["ANSWER_RETENTION", "GC_BATCH", "TAIL_DEFAULT", "Conflict", "Downstream", "NotFound", "PollStatus",
+           "hms", "job_identity", "termination_line"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-TAIL_DEFAULT = 100
-ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
-GC_BATCH = 200  # jobs whose files one removal command takes
-
-
-class Conflict(DownstreamError):
-    """The request is valid but the job is not in a state that allows it (409)."""
-
-
-class NotFound(DownstreamError):
-    """Nothing to show (404)."""
-
-
-def hms(seconds: int) -> str:
-    """Upstream's elapsed format: ``HH:MM:SS``, hours may exceed 24."""
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def termination_line(state: str) -> str:
-    return f"<< termination state: {state} -- see STDOUT for job errors >>"
-
-
-@dataclass
-class PollStatus:
-    ok_at: float = -math.inf  # trio time of the last successful poll
-    polls: int = 0
-    failures: int = 0
-    last_error: str = ""
-    last_duration: float = 0.0
-
-
-@dataclass
-class _Answer:
-    value: list
-    expires: float
 
 
 @dataclass
@@ -101,15 +80,16 @@ class Downstream:
 
     def __post_init__(self) -> None:
         self.book.machine.clock = self.wall
-        self._answers: dict[str, _Answer] = {}
+        self.answers: dict[str, Answer] = {}  # collected /exitstatus answers, by "name/jobid"
+        self.in_slurm: frozenset[str] = frozenset()  # every job id the last complete poll listed
         self._name_locks: dict[str, trio.Lock] = {}
-        self._duplicates: set[str] = set()  # Slurm job ids already reported as duplicates
         self._wake = trio.Event()
-        self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
-        self.interactive = Interactive(self)
         self._restored = False
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
-        self._in_slurm: frozenset[str] = frozenset()  # every job id the last complete poll listed
+        self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
+        self.submissions = Submissions(self)
+        self.collection = Collection(self)
+        self.interactive = Interactive(self)
 
     # ------------------------------------------------------------ freshness
     @property
@@ -125,6 +105,25 @@ class Downstream:
         if age > self.stale_after():
             why = self.status.last_error or "no successful poll yet"
             raise ClusterUnavailable(f"cluster state unknown for {age:.0f}s: {why}" if self.ready else why)
+
+    # ------------------------------------------------------------ per-name locks, upstream's channels
+    def lock(self, key: str) -> trio.Lock:
+        return self._name_locks.setdefault(key, trio.Lock())
+
+    def unlock(self, key: str, lock: trio.Lock) -> None:
+        """Drop a per-key lock nobody holds or waits for, so the table does not grow."""
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._name_locks.pop(key, None)
+
+    def locked(self, key: str) -> bool:
+        lock = self._name_locks.get(key)
+        return lock is not None and lock.locked()
+
+    async def upstream(self, command: Callable[..., Awaitable[T]], *args: object) -> T:
+        """A Slurm command on upstream's behalf: many slow ``tail``s must never keep the poller
+        from a channel, or every answer would go stale (503) because of them."""
+        async with self._upstream_slots:
+            return await command(*args)
 
     # ------------------------------------------------------------ the poller
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,7 +163,6 @@ class Downstream:
                  info.version, info.min_job_age, self.slurm.accounting, self.slurm.scratch_dir)
         return info
 
-    # ------------------------------------------------------------ restart recovery
     def restore(self) -> None:
         """What only the journal knows: submits in doubt, outcomes and answers not yet collected.
 
@@ -174,84 +172,11 @@ class Downstream:
             return
         self._restored = True
         now, wall = self.clock(), self.wall()
-        for intent in self.journal.intents():
-            if self.book.named(intent.name) is None:
-                job = Job(name=intent.name, number=intent.number, interactive=intent.interactive,
-                          port_index=intent.port_index)  # its ports stay reserved while it is in doubt
-                self.book.add(job)
-                self.book.in_limbo(job, now, "the daemon stopped while its sbatch was in flight")
-        for outcome in self.journal.outcomes():
-            if self.book.named(outcome.name) is None and self.book.get(outcome.jobid) is None:
-                rec = outcome.record
-                self.book.add(Job(name=outcome.name, number=outcome.number, jobid=outcome.jobid,
-                                  state=JobState(rec["state"]), exit_code=rec["exit_code"], elapsed=rec["elapsed"],
-                                  termination=rec["termination"], nodes=tuple(rec["nodes"]), adopted=True))
-        for key, (answer, expires) in self.journal.answers(wall).items():
-            self._answers[key] = _Answer(answer, now + (expires - wall))
-        if len(self.book) or self._answers:
+        self.submissions.restore(now)
+        self.collection.restore(now, wall)
+        if len(self.book) or self.answers:
             log.info("journal %s: %d submit(s) in doubt, %d finished job(s) and %d answer(s) restored",
-                     self.journal.path, len(self.book.limbo()), len(self.book) - len(self.book.limbo()), len(self._answers))
-
-    def _adopt_or_settle(self, poll: Poll, now: float) -> list[Effect]:
-        """Jobs Slurm runs under our names that the book does not know by id."""
-        effects: list[Effect] = []
-        for jobid in self.book.unknown(poll.jobs):
-            sj = poll.jobs[jobid]
-            known = self.book.named(sj.name)
-            if known is not None and known.limbo_since is not None:
-                lock = self._name_locks.get(sj.name)
-                if lock is not None and lock.locked():
-                    continue  # a retried submit is settling it, under the name's lock: it alone may
-                log.warning("job %s (%s): the submit whose answer was lost did reach Slurm", jobid, sj.name,
-                    extra=job_extra(sj.name, jobid))
-                effects += self._settle(known, sj, since=poll.started_at)
-                continue
-            if known is not None and not known.jobid:
-                continue  # its sbatch is in flight and will register it when it answers
-            if known is not None:
-                if jobid not in self._duplicates and phase_of(sj.code, sj.reason) is not Phase.FINISHED:
-                    self._duplicates.add(jobid)
-                    log.error("job %s: Slurm runs a second job named jarvice_%s (tracked: %s); not adopted",
-                              jobid, sj.name, known.jobid or "none")
-                continue
-            tag = parse_comment(sj.comment)
-            if tag is None or f"{sj.name}/{jobid}" in self._answers:
-                continue  # not submitted by a downstream, or finished and already collected
-            if tag.instance and tag.instance != self.script_env.instance:
-                continue  # another deployment's job (staging and production sharing an account): never ours
-            job = self.book.adopt(sj.name, tag.number, jobid, sj, now=now, since=poll.started_at,
-                                  interactive=tag.interactive)
-            if job is not None:
-                job.port_index = tag.port_index
-                log.info("job %s (%s, number %s): adopted from Slurm as %s", jobid, sj.name, tag.number, job.state,
-                    extra=job_extra(sj.name, jobid))
-                if job.final:
-                    self._record_outcome(job)
-        return effects
-
-    def _settle(self, job: Job, sj: SlurmJob, *, since: float) -> list[Effect]:
-        """A job in limbo is in Slurm after all: its ports are the ones its comment names (after a
-        restart the book may not know them, and must neither lose its proxy nor hand its ports out)."""
-        tag = parse_comment(sj.comment)
-        if tag is not None and tag.port_index is not None:
-            job.port_index = tag.port_index
-        effects = self.book.settle(job, sj.jobid, sj, now=self.clock(), since=since)
-        self.journal.settle(job.name)
-        return effects
-
-    def _expire_limbo(self, poll: Poll) -> None:
-        """A complete poll begun well after a lost sbatch that does not show it: it never took effect."""
-        if not poll.complete:
-            return
-        for job in self.book.limbo():
-            lock = self._name_locks.get(job.name)
-            if lock is not None and lock.locked():
-                continue  # a retried submit is settling it right now
-            if job.limbo_since is not None and poll.started_at > job.limbo_since + self.command_timeout:
-                log.warning("job %s: the submit whose answer was lost never reached Slurm; upstream may submit again",
-                            job.name)
-                self.book.forget(job)
-                self.journal.settle(job.name)
+                     self.journal.path, len(self.book.limbo()), len(self.book) - len(self.book.limbo()), len(self.answers))
 
     async def poll_once(self) -> None:
         started = self.clock()
@@ -264,10 +189,10 @@ class Downstream:
             log.warning("poll failed, jobs keep their last known state: %s", exc)
             return
         now = self.clock()
-        effects = self._adopt_or_settle(poll, now)
+        effects = self.submissions.adopt_or_settle(poll, now)
         # a parsed squeue line is what the book observes (statemachines.job.Observed): no copies
         effects += self.book.apply_poll(poll.jobs, poll.started_at, now, poll.complete)
-        self._expire_limbo(poll)
+        self.submissions.expire_limbo(poll)
         self.execute(effects)
         self.status.last_duration = now - started
         if not poll.complete:
@@ -275,12 +200,12 @@ class Downstream:
             # told of it is unknown, so the snapshot does not count as fresh.
             self._poll_failed("squeue printed lines that could not be read (see the log)")
             return
-        self._in_slurm = frozenset(poll.jobs)
+        self.in_slurm = frozenset(poll.jobs)
         self.status.polls += 1
         self.status.ok_at = now
         self.status.last_error = ""
         self.metrics.observe_poll(now - started)
-        self._expire_answers(now)
+        self.collection.expire_answers(now)
         if self.proxies is not None:
             self.interactive.after_poll()
 
@@ -290,7 +215,9 @@ class Downstream:
         self.status.last_error = why
         self.metrics.observe_poll(None)
 
+    # ------------------------------------------------------------ effects: the one executor
     def execute(self, effects: list[Effect]) -> None:
+        """Carry out effects, as data, each by the concern it belongs to; background ones supervised."""
         for effect in effects:
             if isinstance(effect, Resolve):  # every poll that misses the job asks again: that is its retry
                 self.supervisor.spawn("resolve", "", effect.jobid, partial(self._resolve, effect.jobid),
@@ -298,17 +225,13 @@ class Downstream:
             elif isinstance(effect, Finished):
                 job = self.book.get(effect.jobid)
                 if job is not None:
-                    log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination, job.exit_code,
-                        extra=job_extra(job.name, job.jobid))
-                    self._record_outcome(job)
+                    log.info("job %s (%s) finished: %s, exit code %s", job.jobid, job.name, job.termination,
+                             job.exit_code, extra=job_extra(job.name, job.jobid))
+                    self.collection.record_outcome(job)
                     if job.interactive:
-                        self.interactive.stop_later(job.number, job.jobid, job.name)
-
-    def _record_outcome(self, job: Job) -> None:
-        """Until upstream collects it: the cluster may purge the job and have no accounting."""
-        self.journal.finished(job.jobid, job.name, job.number, {
-            "state": JobState(job.state).value, "exit_code": job.exit_code, "elapsed": job.elapsed,
-            "termination": job.termination, "nodes": list(job.nodes), "at": self.wall()})
+                        self.execute([StopProxy(job.jobid, job.number, job.name)])
+            elif isinstance(effect, StopProxy):
+                self.interactive.stop_later(effect.number, effect.jobid, effect.name)
 
     async def _resolve(self, jobid: str) -> None:
         """A job squeue no longer lists: what became of it (a failure is the supervisor's; the next poll retries)."""
@@ -328,28 +251,8 @@ class Downstream:
         effects = self.book.resolved(job, outcome)
         source = "accounting" if acct else "its exit-code file" if facts.rc_file is not None else "nothing"
         log.info("job %s left squeue unseen; resolved from %s: %s", jobid, source, job.termination or "still active",
-            extra=job_extra(job.name, jobid))
+                 extra=job_extra(job.name, jobid))
         self.execute(effects)
-
-    def _expire_answers(self, now: float) -> None:
-        expired = [j for j, a in self._answers.items() if a.expires < now]
-        for key in expired:
-            del self._answers[key]
-        if expired:
-            self.journal.expire(self.wall())
-
-    # ------------------------------------------------------------ interactive jobs (daemon/interactive.py)
-    def proxy_status(self, job: Job) -> ProxyStatus | None:
-        return self.interactive.status(job)
-
-    def url_of(self, name: str, jobid: str) -> str:
-        return self.interactive.url_of(name, jobid)
-
-    async def _upstream(self, command: Callable[..., Awaitable[T]], *args: object) -> T:
-        """A Slurm command on upstream's behalf: many slow ``tail``s must never keep the poller
-        from a channel, or every answer would go stale (503) because of them."""
-        async with self._upstream_slots:
-            return await command(*args)
 
     # ------------------------------------------------------------ upstream: snapshot answers
     def queued(self) -> list[list[str]]:
@@ -368,172 +271,24 @@ class Downstream:
             return [None, None, None, None]
         return [list(job.nodes), hms(job.elapsed_at(self.clock())), f"{name}/{number}/{jobid}", None]
 
+    def proxy_status(self, job: Job) -> ProxyStatus | None:
+        return self.interactive.status(job)
+
+    def url_of(self, name: str, jobid: str) -> str:
+        return self.interactive.url_of(name, jobid)
+
     # ------------------------------------------------------------ upstream: actions
-    def _lock(self, key: str) -> trio.Lock:
-        return self._name_locks.setdefault(key, trio.Lock())
-
-    def _unlock(self, key: str, lock: trio.Lock) -> None:
-        """Drop a per-key lock nobody holds or waits for, so the table does not grow."""
-        if not lock.locked() and lock.statistics().tasks_waiting == 0:
-            self._name_locks.pop(key, None)
-
     async def submit(self, args: Mapping[str, object]) -> list:
-        submission = jobscript.build(args, self.executor, self.script_env)
-        if self.cluster is None:
-            raise ClusterUnavailable(self.status.last_error or "the cluster has not answered yet")
-        # Whether this name is already in Slurm is known only from a fresh poll (which
-        # adopts every job under our names): without one, submitting could duplicate it.
-        self.require_fresh()
-        req = submission.request
-        lock = self._lock(req.name)
-        try:
-            async with lock:
-                try:
-                    job = self.book.new(req.name, req.number, interactive=req.interactive, fscript=submission.fscript)
-                except DuplicateJob as dup:
-                    job = dup.job
-                    if job.limbo_since is None:
-                        log.info("submit of %s repeated: answering with job %s", req.name, job.jobid,
-                            extra=job_extra(req.name, job.jobid))
-                        return [job.jobid, job.fscript or submission.fscript]
-                    asked = self.clock()
-                    if await self._settle_by_name(job):
-                        return [job.jobid, submission.fscript]
-                    if job.limbo_since is not None and asked <= job.limbo_since + self.command_timeout:
-                        raise ClusterUnavailable(f"{req.name}: an earlier submit's answer was lost and whether it "
-                                                 f"reached Slurm is known only {self.command_timeout:g}s after it") from None
-                    job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
-                if req.interactive and job.port_index is None:
-                    job.port_index = self.interactive.free_port_index()
-                if job.port_index is not None:  # known only now: rendered again with the job's ports
-                    submission = jobscript.build(args, self.executor, self.script_env, port_index=job.port_index)
-                    job.fscript = submission.fscript  # what a repeated submit answers: the script Slurm runs
-                self.journal.intend(req.name, req.number, req.interactive, job.port_index)
-                try:
-                    jobid = await self._sbatch(job, submission)
-                except DownstreamError:
-                    self.metrics.submit_failures.inc()
-                    raise
-                self.metrics.submits.inc()
-                self.execute(self.book.submitted(job, jobid, held=req.held, now=self.clock()))
-                self.journal.settle(req.name)
-        finally:
-            self._unlock(req.name, lock)
-        log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
-                 ", held" if req.held else "", extra=job_extra(req.name, jobid))
-        self.wake()
-        return [jobid, submission.fscript]
-
-    async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
-        try:
-            # Shielded: a client that hangs up mid-sbatch must not leave a job in
-            # Slurm that the book forgot. The SSH command timeout still bounds it.
-            with trio.CancelScope(shield=True):
-                return await self._upstream(self.slurm.submit, submission)
-        except CommandFailed as exc:
-            self.book.submit_failed(job, exc.stderr)
-            raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None
-        except ClusterUnavailable as exc:
-            # The link may have dropped after sbatch took effect: never submit twice.
-            try:
-                with trio.CancelScope(shield=True):
-                    found = await self._upstream(self.slurm.find_by_name, job.name)
-            except DownstreamError as lookup:
-                # Unknown: keep the name reserved until a poll finds the job or proves it absent.
-                self.book.in_limbo(job, self.clock(), f"sbatch answer lost: {exc}")
-                raise ClusterUnavailable(f"{exc}; and looking the job up failed: {lookup}") from None
-            if found:
-                log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid,
-                    extra=job_extra(job.name, found[-1].jobid))
-                return found[-1].jobid
-            # Not found *yet* is not absent: a timed-out sbatch may still be applied by slurmctld. Forgetting
-            # the job would let upstream's retry submit a second one; it stays in doubt until a poll begun
-            # command_timeout later (or a retried submit's look-up then) settles it.
-            self.book.in_limbo(job, self.clock(), f"sbatch answer lost, not in Slurm yet: {exc}")
-            raise ClusterUnavailable(f"{exc}; the job is not in Slurm yet, and may still appear there") from None
-        except BaseException:
-            self.book.submit_failed(job, "interrupted")
-            self.journal.settle(job.name)
-            raise
-
-    async def _settle_by_name(self, job: Job) -> bool:
-        """A retried submit of a job in limbo: is it in Slurm after all? (ClusterUnavailable if unknown.)"""
-        try:
-            found = await self._upstream(self.slurm.find_by_name, job.name)
-        except CommandFailed as exc:  # whether it is in Slurm stays unknown: try again later
-            raise ClusterUnavailable(f"looking up {job.name} in Slurm failed: {exc}") from None
-        if not found:
-            return False
-        sj = found[-1]
-        self.execute(self._settle(job, sj, since=self.clock()))
-        log.warning("submit of %s repeated after a lost answer: it is job %s", job.name, sj.jobid,
-            extra=job_extra(job.name, sj.jobid))
-        return True
+        return await self.submissions.submit(args)
 
     async def exitstatus(self, args: Mapping[str, object]) -> list:
+        answer = await self.collection.exitstatus(args)
+        # A tracked job's proxy went when it finished (Finished). One still running is left from
+        # before a restart: stopped off upstream's request path; /gc removes any it cannot see.
         name, number, jobid = job_identity(args)
-        key = f"{name}/{jobid}"
-        cached = self._answers.get(key)
-        if cached is not None:
-            return cached.value
-        lock = self._lock(f"exit:{jobid}")
-        try:
-            async with lock:
-                cached = self._answers.get(key)
-                if cached is not None:
-                    return cached.value
-                job = self.book.get(jobid)
-                if job is not None and job.name != name:
-                    raise NotFound(f"job {jobid} is not named {name}")
-                if job is not None:
-                    if not job.final:
-                        self.require_fresh()  # "still running" from an old snapshot would be made up
-                        raise Conflict(f"job {jobid} is still {job.state.value} in Slurm; it has no exit status yet")
-                    rc, elapsed, state = job.exit_code, job.elapsed, job.termination
-                else:
-                    rc, elapsed, state = await self._outcome_from_cluster(name, jobid)
-                tail = await self._upstream(self.slurm.tail, jobid) or ""
-                answer = [rc if rc is not None else UNKNOWN_EXIT, hms(elapsed), [tail, termination_line(state or "UNKNOWN")]]
-                self._answers[key] = _Answer(answer, self.clock() + ANSWER_RETENTION)
-                self.journal.answered(key, answer, self.wall() + ANSWER_RETENTION)
-                self.journal.collected(jobid)
-                if job is not None:
-                    self.book.forget(job)
-        finally:
-            self._unlock(f"exit:{jobid}", lock)
-        await self._clean([jobid])
-        # A tracked job's proxy went when it finished (execute: Finished). One still running is left
-        # from before a restart: stopped off upstream's request path; /gc removes any it cannot see.
         if self.proxies is not None and self.proxies.status(str(number)) is not None:
-            self.interactive.stop_later(number, jobid, name)
+            self.execute([StopProxy(jobid, number, name)])
         return answer
-
-    async def _outcome_from_cluster(self, name: str, jobid: str) -> tuple[int, int, str]:
-        """A job this daemon does not track (purged, or from before a restart)."""
-        facts = await self._upstream(self.slurm.inspect, jobid)
-        for record in (facts.squeue, facts.accounting):
-            if record is None:
-                continue
-            if record.name != name:
-                raise NotFound(f"job {jobid} is not named {name}")
-            if phase_of(record.code, getattr(record, "reason", "")) is not Phase.FINISHED:
-                raise Conflict(f"job {jobid} is still {long_name(record.code)} in Slurm; it has no exit status yet")
-            return exit_code_of(record.code), record.elapsed, long_name(record.code)
-        if facts.rc_file is not None:
-            code = code_from_rc_file(facts.rc_file)
-            return exit_code_of(code), 0, long_name(code)
-        return UNKNOWN_EXIT, 0, "UNKNOWN"
-
-    async def _clean(self, jobids: list[str]) -> bool:
-        """Remove the jobs' files; until that succeeds the journal keeps asking (/gc retries, restarts too)."""
-        self.journal.to_clean(jobids, self.wall())
-        try:
-            await self._upstream(self.slurm.cleanup, jobids)
-        except Exception as exc:  # noqa: BLE001 - the answer stands; the files wait for the next /gc
-            self.supervisor.failed("clean", "", ",".join(jobids), exc)
-            return False
-        self.journal.cleaned(jobids)
-        return True
 
     async def terminate(self, args: Mapping[str, object]) -> bool:
         name, _, jobid = job_identity(args)
@@ -541,13 +296,13 @@ class Downstream:
         if job is not None and job.final:
             return True
         try:
-            await self._upstream(self.slurm.cancel, jobid, name)
+            await self.upstream(self.slurm.cancel, jobid, name)
         except CommandFailed as exc:  # already gone, or not ours: best effort, as the contract says
             log.info("scancel of job %s: %s", jobid, exc.stderr, extra=job_extra(name, jobid))
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
             job.terminating = True
-            await self.interactive.stop_now(job)
+            await self.interactive.stop_now(job)  # users lose it before the answer, not a poll later
         self.wake()
         return True
 
@@ -564,7 +319,7 @@ class Downstream:
         name, _, jobid = job_identity(args)
         self._tracked(name, jobid)  # never release a job that is not this one (scontrol takes any id)
         try:
-            await self._upstream(self.slurm.release, jobid)
+            await self.upstream(self.slurm.release, jobid)
         except CommandFailed as exc:
             raise Conflict(f"job {jobid} could not be released: {exc.stderr}") from None
         self.wake()
@@ -573,81 +328,31 @@ class Downstream:
     async def events(self, args: Mapping[str, object]) -> str:
         name, _, jobid = job_identity(args)
         self._tracked(name, jobid)  # scontrol shows any job of the cluster: only ours are shown
-        return await self._upstream(self.slurm.show_job, jobid)
+        return await self.upstream(self.slurm.show_job, jobid)
 
     async def tail(self, name: str, jobid: str, lines: int) -> str:
         """A job's output, only to the caller naming it right (as ``events`` and ``release``): any job id
         may have an output file, and another job's output is not this caller's to read."""
         self._tracked(name, jobid)
-        text = await self._upstream(self.slurm.tail, jobid, lines)
+        text = await self.upstream(self.slurm.tail, jobid, lines)
         if not text:
             raise NotFound(f"job {jobid} has no output")
         return text
 
     async def pvcls(self, path: str, details: bool) -> str:
-        return await self._upstream(self.slurm.list_dir, path, details)
+        return await self.upstream(self.slurm.list_dir, path, details)
 
     async def gc(self) -> bool:
         """Upstream's periodic call: is the cluster reachable; then collect what nobody else will.
 
-        Proxies whose job is gone, jobs' files whose removal failed before, finished jobs upstream
-        never collected, and files of jobs that are neither tracked nor known to Slurm, once older
-        than ``gc_age``. The answer is about the cluster: a collection that fails is logged and retried.
+        Proxies whose job is gone (interactive), then the jobs' files and outcomes (collection). The
+        answer is about the cluster: a collection that fails is logged, counted and retried.
         """
         try:
-            await self._upstream(self.slurm.ping)  # upstream's call: never on the poller's channel
+            await self.upstream(self.slurm.ping)  # upstream's call: never on the poller's channel
         except DownstreamError:
             return False
         if self.proxies is not None:  # the proxy backend's failures are not the cluster's: still OK
             await self.supervisor.guard("gc proxies", "", "", self.interactive.collect)
-        forgotten = self._forget_uncollected()
-        pending = self.journal.cleanups()
-        try:
-            orphans = await self._orphans()
-        except DownstreamError as exc:
-            log.warning("gc: could not list the jobs' files: %s", exc)
-            orphans = []
-        if orphans:
-            log.info("gc: %d job(s) left files that nobody will collect (neither tracked nor known to Slurm, "
-                     "older than %s): %s", len(orphans), hms(int(self.gc_age)), ", ".join(orphans))
-        todo = list(dict.fromkeys(pending + forgotten + orphans))
-        for start in range(0, len(todo), GC_BATCH):
-            batch = todo[start:start + GC_BATCH]
-            if await self._clean(batch):
-                log.info("gc: removed the files of job(s) %s", ", ".join(batch))
+        await self.supervisor.guard("gc files", "", "", self.collection.sweep)
         return True
-
-    def _forget_uncollected(self) -> list[str]:
-        """Finished jobs whose /exitstatus upstream never asked for within ``gc_age``: upstream has moved on."""
-        wall, forgotten = self.wall(), []
-        for outcome in self.journal.outcomes():
-            if wall - outcome.record.get("at", wall) <= self.gc_age:
-                continue
-            job = self.book.get(outcome.jobid)
-            if job is not None and job.final:
-                self.book.forget(job)
-            self.journal.collected(outcome.jobid)
-            forgotten.append(outcome.jobid)
-            log.info("gc: job %s (%s) finished %s ago and upstream never collected it: forgotten", outcome.jobid,
-                     outcome.name, hms(int(wall - outcome.record["at"])), extra=job_extra(outcome.name, outcome.jobid))
-        return forgotten
-
-    async def _orphans(self) -> list[str]:
-        """Job ids with files in the jobs dir that no tracked job and no job Slurm lists owns, old enough.
-
-        Only from a fresh, complete snapshot and with no submit in doubt: a job that exists but is not
-        yet seen must never lose its files (the age limit protects it too)."""
-        if self.clock() - self.status.ok_at > self.stale_after() or self.book.limbo():
-            return []
-        files = await self._upstream(self.slurm.job_files)
-        known = self._in_slurm | {job.jobid for job in self.book if job.jobid}
-        wall = self.wall()
-        return sorted((j for j, mtime in files.items() if j not in known and wall - mtime > self.gc_age), key=int)
-
-
-def job_identity(args: Mapping[str, object]) -> tuple[str, int, str]:
-    """``name``, ``number``, ``jobid`` of a job-scoped request, validated."""
-    name = jobscript.check_name(args.get("name"))
-    number = jobscript.check_int(args, "number", 0, 10**15)
-    jobid = jobscript.check_jobid(args.get("jobid"))
-    return name, number, jobid
