@@ -193,3 +193,19 @@ def test_the_role_grants_exactly_what_the_adapter_uses_in_the_jobs_namespace() -
                                     "namespace": account["metadata"]["namespace"]}]
     assert DEPLOYMENT["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
     assert account["metadata"]["namespace"] == DEPLOYMENT["metadata"]["namespace"]
+
+
+def test_only_the_ingress_controller_reaches_the_proxy_pods() -> None:
+    """A proxy pod hands a user's traffic to the job's service: the policy selects exactly the pods the
+    daemon labels as proxies, and lets in only the ingress controller's namespace, on the proxy's port."""
+    from adapters.kube.proxy_objects import APP, LABEL_APP, LABEL_MANAGED_BY, MANAGER, PROXY_PORT
+
+    policy = one("NetworkPolicy")
+    assert policy["metadata"]["namespace"] == ENV["JARVICE_JOBS_NAMESPACE"]["value"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {LABEL_APP: APP, LABEL_MANAGED_BY: MANAGER}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [PROXY_PORT]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])  # no ipBlock, no open peer
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kustomization["resources"]
