@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import TypeVar
 
 import trio
@@ -26,7 +25,7 @@ from adapters.journal import Journal
 from adapters.proxy.base import ProxyBackend, ProxyStatus
 from adapters.proxy.local import TunnelOpener
 from adapters.slurm.backend import SlurmBackend
-from adapters.slurm.client import ClusterInfo
+from adapters.slurm.client import ClusterInfo, JobFacts
 from daemon.collection import Collection
 from daemon.core import (
     ANSWER_RETENTION,
@@ -54,6 +53,8 @@ __all__ = ["ANSWER_RETENTION", "GC_BATCH", "TAIL_DEFAULT", "Conflict", "Downstre
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+RESOLVE_BATCH = 100  # vanished jobs one inspect command asks about
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Downstream:
         self._wake = trio.Event()
         self._restored = False
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
+        self._to_resolve: dict[str, None] = {}  # vanished jobs waiting for the resolver, in order
         self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
         self.submissions = Submissions(self)
         self.collection = Collection(self)
@@ -220,8 +222,8 @@ class Downstream:
         """Carry out effects, as data, each by the concern it belongs to; background ones supervised."""
         for effect in effects:
             if isinstance(effect, Resolve):  # every poll that misses the job asks again: that is its retry
-                self.supervisor.spawn("resolve", "", effect.jobid, partial(self._resolve, effect.jobid),
-                                      key=f"resolve:{effect.jobid}", attempts=1)
+                self._to_resolve[effect.jobid] = None
+                self.supervisor.spawn("resolve", "", "", self._resolve_vanished, key="resolve", attempts=1)
             elif isinstance(effect, Finished):
                 job = self.book.get(effect.jobid)
                 if job is not None:
@@ -233,9 +235,24 @@ class Downstream:
             elif isinstance(effect, StopProxy):
                 self.interactive.stop_later(effect.number, effect.jobid, effect.name)
 
-    async def _resolve(self, jobid: str) -> None:
-        """A job squeue no longer lists: what became of it (a failure is the supervisor's; the next poll retries)."""
-        facts = await self.slurm.inspect(jobid)
+    async def _resolve_vanished(self) -> None:
+        """Jobs squeue no longer lists: what became of them, ``RESOLVE_BATCH`` at a time, one command each.
+
+        After an outage longer than MinJobAge every job that ended meanwhile vanishes at once; asking
+        per job would start a storm of commands just as the link returns. The batches run on upstream's
+        channel budget, so the poller keeps its own. A batch that fails is the supervisor's to log and
+        count; its jobs are asked for again by the next poll that misses them.
+        """
+        while self._to_resolve:
+            batch = list(self._to_resolve)[:RESOLVE_BATCH]
+            for jobid in batch:
+                del self._to_resolve[jobid]
+            found = await self.upstream(self.slurm.inspect_many, batch)
+            for jobid, facts in found.items():
+                self._resolved(jobid, facts)
+
+    def _resolved(self, jobid: str, facts: JobFacts) -> None:
+        """What the cluster still knows of a vanished job, applied to the book."""
         job = self.book.get(jobid)
         if job is None:
             return

@@ -317,6 +317,42 @@ class SlurmClient:
             accounting=parsers.parse_sacct(acct.lstrip("\n")).get(jobid),
         )
 
+    async def inspect_many(self, jobids: Sequence[str]) -> dict[str, JobFacts]:
+        """``inspect`` for many jobs in one round trip: one squeue, one read of their rc files, one sacct.
+
+        After an outage every job that finished meanwhile has vanished at once: one command per job
+        would be a storm of them (and of SSH channels) just when the link comes back."""
+        ids = [_check_jobid(j) for j in jobids]
+        if not ids:
+            return {}
+        joined = ",".join(ids)
+        rc_files = " ".join(shlex.quote(i) for i in ids)
+        command = (
+            f"{self._squeue(f' -j {joined}')} 2>&1; echo {_MARK} $?; "
+            f"for j in {rc_files}; do printf '%s ' \"$j\"; "
+            f"head -c 32 {shlex.quote(self.jobs_dir)}/\"$j\".rc 2>/dev/null | tr -d '\\n'; echo; done; echo {_MARK}; "
+            f"{self._sacct(joined)} 2>/dev/null; true"
+        )
+        result = await self._run(command)
+        parts = result.stdout.split(_MARK)
+        if len(parts) != 3:
+            raise CommandFailed("inspect", result.exit_status, f"unexpected output: {result.stdout[:200]!r}")
+        queue, rc_part, acct = parts
+        squeue_rc, _, rc_lines = rc_part.strip(" ").partition("\n")
+        if squeue_rc.strip() != "0":
+            if "Invalid job id" not in queue:  # squeue could not ask slurmctld: nothing is known
+                raise ClusterUnavailable(f"squeue failed: {queue.strip()[:300]}")
+            queue = ""
+        listed, skipped = parsers.parse_squeue_counting(queue)
+        if skipped:  # a job printed unreadably is not gone: the batch says nothing certain
+            raise CommandFailed("inspect", result.exit_status, f"unreadable squeue line among jobs {joined}")
+        rcs = {}
+        for line in rc_lines.splitlines():
+            jobid, _, text = line.partition(" ")
+            rcs[jobid] = parsers.parse_rc(text)
+        accounting = parsers.parse_sacct(acct.lstrip("\n"))
+        return {j: JobFacts(jobid=j, squeue=listed.get(j), rc_file=rcs.get(j), accounting=accounting.get(j)) for j in ids}
+
     async def cancel(self, jobid: str, name: str) -> None:
         """``scancel`` filtered by our job name, so a wrong id cannot cancel a foreign job."""
         await self._run(f"scancel -n {shlex.quote('jarvice_' + name)} {_check_jobid(jobid)}")

@@ -240,6 +240,19 @@ class SimulatedSlurm:
         self._lost(fault)
         if fault is Fault.GARBAGE:
             raise CommandFailed("inspect", 0, f"unreadable squeue line for job {jobid}")
+        return self._facts(jobid)
+
+    async def inspect_many(self, jobids: Sequence[str]) -> dict[str, JobFacts]:
+        """One command for many jobs, as the real client's (counted as one ``inspect``)."""
+        if not jobids:
+            return {}
+        fault = await self._command("inspect")
+        self._lost(fault)
+        if fault is Fault.GARBAGE:
+            raise CommandFailed("inspect", 0, f"unreadable squeue line among jobs {','.join(jobids)}")
+        return {jobid: self._facts(jobid) for jobid in jobids}
+
+    def _facts(self, jobid: str) -> JobFacts:
         job = self.jobs.get(jobid)
         record = self.accounted.get(jobid) if self.accounting != "none" else None
         rc_job = job or self.accounted.get(jobid)

@@ -182,3 +182,17 @@ async def test_concurrent_submits_each_get_their_own_job(h: Harness) -> None:
     for number, (name, jobid) in results.items():
         assert jobs[jobid].name == name and parse_comment(jobs[jobid].comment).number == number
         await h.slurm.cancel(jobid, name)
+
+
+async def test_many_jobs_are_inspected_in_one_command_as_one_by_one(h: Harness) -> None:
+    """What the daemon asks of jobs that vanished during an outage: one command, the same facts."""
+    _, ok = await h.submit(rc=0)
+    _, failed = await h.submit(rc=3)
+    await h.finished(ok)
+    await h.finished(failed)
+    many = await h.slurm.inspect_many([ok, failed, "987654321"])
+    assert many == {j: await h.slurm.inspect(j) for j in (ok, failed, "987654321")}
+    assert many[ok].rc_file == 0 and many[failed].rc_file == 3 and many["987654321"].squeue is None
+    unknown = await h.slurm.inspect_many(["987654321", "987654322"])
+    assert all(f.squeue is None and f.rc_file is None and f.accounting is None for f in unknown.values())
+    await h.slurm.cleanup([ok, failed])

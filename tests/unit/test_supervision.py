@@ -50,17 +50,17 @@ async def test_a_bug_while_resolving_a_vanished_job_is_retried_by_the_next_poll(
     jobid = await world.running_job("batch", 3, interactive=False)
     world.twin.finish(jobid, 0)
     world.twin.advance(60)  # purged from squeue before any poll saw it end
-    inspect, calls = world.twin.inspect, []
+    inspect, calls = world.twin.inspect_many, []
 
-    async def buggy_inspect(job: str):  # noqa: ANN202 - the twin's own signature
-        calls.append(job)
+    async def buggy_inspect(jobids: list[str]):  # noqa: ANN202 - the twin's own signature
+        calls.append(list(jobids))
         if len(calls) == 1:
             raise ValueError("could not parse sacct's line")
-        return await inspect(job)
+        return await inspect(jobids)
 
-    world.twin.inspect = buggy_inspect  # type: ignore[method-assign]
+    world.twin.inspect_many = buggy_inspect  # type: ignore[method-assign]
     await world.poll()
-    assert calls == [jobid] and world.failures("resolve", "bug") == 1
+    assert calls == [[jobid]] and world.failures("resolve", "bug") == 1
     assert not world.downstream.book.get(jobid).final
     await world.poll()
     assert world.downstream.book.get(jobid).state is JobState.COMPLETED

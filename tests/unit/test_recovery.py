@@ -1,0 +1,41 @@
+"""After an outage longer than MinJobAge, the jobs that ended meanwhile are resolved in batches.
+
+Every one of them has vanished from squeue at once when the link returns; one inspect command
+(squeue, rc file, sacct) per job was a storm of commands and SSH channels just then. Driven on the
+simulated Slurm, which counts commands; trio time autojumps.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from daemon.service import RESOLVE_BATCH
+from statemachines.job import JobState
+from tests.support.daemon_world import World
+
+
+async def test_jobs_that_ended_during_an_outage_are_resolved_in_a_few_batched_commands(
+        autojump_clock: trio.testing.MockClock) -> None:
+    world = World()
+    count = RESOLVE_BATCH + 50
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        jobids = [await world.submitted(f"batch-{n}", n, interactive=False) for n in range(1, count + 1)]
+        for jobid in jobids:
+            world.twin.start(jobid)
+        await world.poll()
+        world.twin.link_up = False
+        for n, jobid in enumerate(jobids):
+            world.twin.finish(jobid, n % 3)
+        world.twin.advance(3600)  # longer than MinJobAge: purged from squeue before any poll saw them end
+        world.twin.link_up = True
+        before = world.twin.commands["inspect"]
+        await world.poll()
+        await trio.sleep(1)
+        assert world.twin.commands["inspect"] - before == 2  # ceil(150 / 100), not one per job
+        states = {world.downstream.book.get(j).state for j in jobids}
+        assert states == {JobState.COMPLETED, JobState.FAILED}
+        answer = await world.downstream.exitstatus({"name": "batch-2", "number": 2, "jobid": jobids[1]})
+        assert answer[0] == 1
+        nursery.cancel_scope.cancel()
