@@ -213,7 +213,7 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             downstream.proxies = await start_proxies(nursery, settings, ssh)
             downstream.tunnels = ssh
-            elector = await start_elector(nursery, settings) if settings.proxy.leader_election else None
+            elector = await start_elector(nursery, settings, downstream) if settings.proxy.leader_election else None
             # everything loaded (kubernetes included, when used) and no job yet: see daemon.heap
             log.debug("start-up heap set aside from garbage collection: %d objects", freeze_heap())
             if elector is not None:
@@ -242,7 +242,8 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
     return proxies
 
 
-async def start_elector(nursery: trio.Nursery, settings: Settings):  # noqa: ANN201 - kubernetes imported lazily
+async def start_elector(nursery: trio.Nursery, settings: Settings,  # noqa: ANN201 - kubernetes imported lazily
+                        downstream: Downstream):
     """Several replicas: only the holder of a coordination.k8s.io Lease polls Slurm and tends proxies."""
     from adapters.kube.client import KubeClient
     from adapters.kube.lease import LeaderElector, lease_name
@@ -250,7 +251,7 @@ async def start_elector(nursery: trio.Nursery, settings: Settings):  # noqa: ANN
 
     kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
     elector = LeaderElector(kube, settings.proxy.namespace, lease_name(default_instance(settings)),
-                            settings.proxy.identity)
+                            settings.proxy.identity, healthy=downstream.healthy)
     await nursery.start(elector.run)
     log.info("leader election: %s %s", settings.proxy.identity, "leads" if elector.is_leader else "stands by")
     return elector

@@ -88,6 +88,7 @@ class Downstream:
         self._restored = False
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
         self._to_resolve: dict[str, None] = {}  # vanished jobs waiting for the resolver, in order
+        self._running_since: float | None = None  # when run() began (this replica's term, with leader election)
         self.supervisor = Supervisor(self.metrics)  # every background effect goes through it
         self.submissions = Submissions(self)
         self.collection = Collection(self)
@@ -100,6 +101,13 @@ class Downstream:
 
     def stale_after(self) -> float:
         return self.staleness or max(3 * self.poll_interval, 10.0)
+
+    def healthy(self) -> bool:
+        """Polling goes well: a successful poll within the staleness limit (or the poller began only lately).
+        A leader that is not gives its Lease up (adapters/kube/lease.py), so a replica that can poll leads."""
+        if self._running_since is None:
+            return True
+        return self.clock() - max(self.status.ok_at, self._running_since) <= self.stale_after()
 
     def require_fresh(self) -> None:
         """Answers from a snapshot the cluster has not confirmed lately would be made up."""
@@ -131,6 +139,7 @@ class Downstream:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll forever; effects run as supervised tasks of the same nursery."""
         self.restore()
+        self._running_since = self.clock()
         async with trio.open_nursery() as nursery:
             self.supervisor.nursery = nursery
             task_status.started()
@@ -150,6 +159,7 @@ class Downstream:
     def stand_by(self) -> None:
         """Leadership lost: this replica's snapshot stops being an answer (503, not ready)."""
         self.status = PollStatus(last_error="standing by: another replica leads")
+        self._running_since = None  # judged again from its next term's start
         log.warning("this replica no longer leads: it stops polling and answers 503 until it leads again")
 
     def wake(self) -> None:

@@ -66,6 +66,7 @@ class LeaderElector:
         renew_period: float = 2.0,
         renew_deadline: float | None = None,
         release_on_stop: bool = True,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         renew_deadline = lease_duration * 2 / 3 if renew_deadline is None else renew_deadline
         if not 0 < renew_period < renew_deadline < lease_duration:
@@ -80,6 +81,10 @@ class LeaderElector:
         self.renew_period = renew_period
         self.renew_deadline = renew_deadline
         self.release_on_stop = release_on_stop
+        # Whether the leader's work goes well (the daemon: it polled Slurm lately). A leader that cannot
+        # do it gives the Lease up and sits one lease out, so a replica that can takes over.
+        self.healthy = healthy
+        self._hold_off_until = -math.inf
         self.holder = ""  # who holds the Lease, as last read
         self.transitions = 0  # times this replica became leader
         self._leading = False
@@ -189,6 +194,16 @@ class LeaderElector:
         self._set_leading(True, begun)
         return True
 
+    async def step_down(self, why: str) -> None:
+        """Stop leading, give the Lease up and stay out of the next lease, so another candidate wins it."""
+        self._set_leading(False, why=why)
+        self._hold_off_until = trio.current_time() + self.lease_duration
+        with trio.move_on_after(self.kube.timeout):
+            try:
+                await self.release()
+            except DownstreamError as exc:
+                log.warning("leader election: could not release the Lease: %s", exc)
+
     async def release(self) -> None:
         """Give the Lease up now (only if still ours), so a successor need not wait for it to expire."""
         try:
@@ -215,11 +230,14 @@ class LeaderElector:
         try:
             while True:
                 deadline = self._valid_until if self._leading else math.inf
-                with trio.move_on_at(deadline):  # a hung API call must not stretch a term
-                    try:
-                        await self.try_acquire_or_renew()
-                    except DownstreamError as exc:
-                        log.warning("leader election: cannot reach the Lease: %s", exc)
+                if self._leading or trio.current_time() >= self._hold_off_until:
+                    with trio.move_on_at(deadline):  # a hung API call must not stretch a term
+                        try:
+                            await self.try_acquire_or_renew()
+                        except DownstreamError as exc:
+                            log.warning("leader election: cannot reach the Lease: %s", exc)
+                if self._leading and self.healthy is not None and not self.healthy():
+                    await self.step_down("this replica cannot do the leader's work (no successful poll lately)")
                 if self._leading and trio.current_time() >= self._valid_until:
                     self._set_leading(False, why=f"no renewal for {self.renew_deadline:g} s")
                 if not started:

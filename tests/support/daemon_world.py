@@ -48,9 +48,8 @@ class World:
     def __init__(self, twin: SimulatedSlurm | None = None, **downstream: object) -> None:
         self.twin = twin or SimulatedSlurm(min_job_age=10)
         self.proxies = RecordingProxies()
-        self.downstream = Downstream(slurm=self.twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"),
-                                     poll_interval=10**6, min_poll_gap=0, proxies=self.proxies,
-                                     **downstream)  # type: ignore[arg-type]
+        options: dict = {"poll_interval": 10**6, "min_poll_gap": 0, "proxies": self.proxies, **downstream}
+        self.downstream = Downstream(slurm=self.twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"), **options)
 
     async def poll(self) -> None:
         polls = self.downstream.status.polls

@@ -225,3 +225,24 @@ def test_each_daemon_instance_campaigns_for_its_own_lease() -> None:
     assert lease_name("login1.example.org") != lease_name("login2.example.org")
     odd = lease_name("Login_1")  # a valid label value, not a valid object name: digested
     assert odd.startswith("slurm-downstream-") and odd == odd.lower() and "_" not in odd
+
+
+async def test_a_leader_that_cannot_do_its_work_gives_the_lease_to_one_that_can(
+    api: KubeAPIStandIn, kube: KubeClient
+) -> None:
+    """A leader whose polls of Slurm fail (its own network path is cut, the others' is not) used to keep
+    the Lease for ever, so nobody answered. It now releases it and stays out one lease: the other leads.
+    (Kubernetes API: the local stand-in, because no real API server can run on these machines.)"""
+    a_can_poll = True
+    a = elector(kube, "pod-a", healthy=lambda: a_can_poll)
+    b = elector(kube, "pod-b", healthy=lambda: True)
+    async with trio.open_nursery() as nursery:
+        await a_leads_then_b_campaigns(nursery, a, b)
+        await trio.sleep(DURATION)
+        assert a.is_leader and not b.is_leader  # healthy: it keeps leading
+        a_can_poll = False
+        await wait_for(lambda: b.is_leader, DURATION * 3)
+        assert not a.is_leader and holder(api) == "pod-b"
+        await trio.sleep(DURATION * 2)
+        assert b.is_leader and not a.is_leader  # and a does not take it back while b renews
+        nursery.cancel_scope.cancel()

@@ -39,3 +39,23 @@ async def test_jobs_that_ended_during_an_outage_are_resolved_in_a_few_batched_co
         answer = await world.downstream.exitstatus({"name": "batch-2", "number": 2, "jobid": jobids[1]})
         assert answer[0] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_the_poller_is_unhealthy_once_no_poll_succeeded_for_the_staleness_limit(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """What the Lease holder asks before renewing (a leader that cannot poll hands over)."""
+    world = World(staleness=10, poll_interval=1)
+    async with trio.open_nursery() as nursery:
+        assert world.downstream.healthy()  # not polling yet: nothing to judge
+        await nursery.start(world.downstream.run)
+        world.twin.link_up = False  # from the start: a new leader that cannot reach Slurm
+        await trio.sleep(5)
+        assert world.downstream.healthy()  # within the limit: it may just be slow
+        await trio.sleep(10)
+        assert not world.downstream.healthy()
+        world.twin.link_up = True
+        await trio.sleep(2)
+        assert world.downstream.healthy()
+        world.downstream.stand_by()
+        assert world.downstream.healthy()  # standing by: judged again from its next term
+        nursery.cancel_scope.cancel()
