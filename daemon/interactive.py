@@ -80,6 +80,8 @@ class Interactive:
         job = self.core.book.get(jobid)
         if job is None or job.name != name or JobState(job.state) is not JobState.PROXYING:
             return ""
+        if job.terminating or phase_of(job.code, job.reason) is not Phase.RUNNING:
+            return ""  # terminated (its proxy's stop may be retrying), or requeued: no URL to a dying service
         status = self.status(job)  # the proxy's own word, not a copy of it
         return status.url if status is not None and status.state is ProxyState.SERVING else ""
 

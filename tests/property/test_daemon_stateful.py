@@ -28,18 +28,33 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from adapters.errors import ClusterUnavailable
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
+from adapters.proxy.base import ProxyState, ProxyStatus
 from adapters.slurm.twin import COMMANDS, Fault, SimulatedSlurm
 from daemon.api import create_app
 from daemon.service import Downstream
+from tests.support.fake_proxies import RecordingProxies
 from tests.support.upstream import submit_args
+
+
+class KubeError(Exception):
+    """An error of the proxy backend that no adapter translated (a bug, or a raw Kubernetes client error)."""
+
+
+# what the proxy backend may do to a start: a blip, an untranslated error, a proxy it gives up on
+PROXY_FAULTS = {
+    "blip": ClusterUnavailable("Kubernetes API: connection refused"),
+    "bug": KubeError("(500) Internal Server Error"),
+    "gave_up": ProxyStatus(ProxyState.FAILED, error="CrashLoopBackOff"),
+}
 
 KEY = "jarvice:stateful"
 AUTH = {"Authorization": "Basic amFydmljZTpzdGF0ZWZ1bA=="}
 NAMES = [f"20261123-job{i}-alice" for i in range(6)]
 EXAMPLES = int(os.environ.get("STATEFUL_EXAMPLES", "200"))
-STATS: dict[str, int] = {"examples": 0, "steps": 0, "faults": 0, "restarts": 0, "submits": 0}
+STATS: dict[str, int] = {"examples": 0, "steps": 0, "faults": 0, "restarts": 0, "submits": 0, "urls": 0}
 
 
 @dataclass
@@ -60,6 +75,7 @@ class DaemonLife(RuleBasedStateMachine):
         self.now = 1000.0
         self.twin = SimulatedSlurm(scratch_dir="/tmp/twin", min_job_age=60, command_timeout=0, clock=lambda: self.now)
         self.journal = Journal(":memory:")
+        self.proxies = RecordingProxies()  # outlives restarts, as Kubernetes objects do
         self.world = World()
         self.scope: trio.CancelScope | None = None
         self.run(self._boot)
@@ -71,7 +87,7 @@ class DaemonLife(RuleBasedStateMachine):
     async def _boot(self) -> None:
         self.downstream = Downstream(slurm=self.twin, script_env=ScriptEnvironment(scratch_dir="/tmp/twin"),
                                      poll_interval=10**6, staleness=30, command_timeout=5, min_poll_gap=0, journal=self.journal,
-                                     wall=lambda: 1.8e9 + self.now, clock=lambda: self.now)
+                                     wall=lambda: 1.8e9 + self.now, clock=lambda: self.now, proxies=self.proxies)
         self.client = create_app(self.downstream, KEY).test_client()
         self.scope = await self.nursery.start(self._host, self.downstream)
         await trio.testing.wait_all_tasks_blocked()
@@ -113,12 +129,12 @@ class DaemonLife(RuleBasedStateMachine):
         return [n for n in self.world.jobids if n not in self.world.collected]
 
     # ------------------------------------------------------------ upstream
-    @rule(name=st.sampled_from(NAMES), held=st.booleans())
-    def submit(self, name: str, held: bool) -> None:
+    @rule(name=st.sampled_from(NAMES), held=st.booleans(), interactive=st.booleans())
+    def submit(self, name: str, held: bool, interactive: bool) -> None:
         if name in self.world.collected:
             return  # upstream never reuses a name once it collected the job
         STATS["submits"] += 1
-        args = submit_args(name, NAMES.index(name) + 1, "echo hi", held=held)
+        args = submit_args(name, NAMES.index(name) + 1, "echo hi", held=held, interactive=interactive)
         status, body = self.call("POST", "/submit", args)
         assert status in (200, 503) or (status == 400 and "Slurm refused" in body["error"]), (status, body)
         if status == 200:
@@ -170,7 +186,9 @@ class DaemonLife(RuleBasedStateMachine):
     @rule(data=st.data())
     def slurm_starts(self, data: st.DataObject) -> None:
         pending = sorted(j.jobid for j in self.twin.jobs.values() if j.code == "PD" and not j.held)
-        self.twin.start(data.draw(st.sampled_from(pending)))
+        self.twin.start(data.draw(st.sampled_from(pending)), data.draw(st.sampled_from([("node1",), ("node2",)])))
+        if data.draw(st.booleans()):  # and the daemon sees it at once (interactive jobs get their proxy)
+            self.poll()
 
     @precondition(lambda self: any(j.code == "R" for j in self.twin.jobs.values()))
     @rule(data=st.data(), rc=st.sampled_from([0, 0, 1, 3]), node_dies=st.booleans())
@@ -180,6 +198,56 @@ class DaemonLife(RuleBasedStateMachine):
             self.twin.node_fail(jobid)
         else:
             self.twin.finish(jobid, rc)
+
+    @precondition(lambda self: any(j.code == "R" for j in self.twin.jobs.values()))
+    @rule(data=st.data())
+    def slurm_requeues(self, data: st.DataObject) -> None:
+        """A node failure or preemption puts a running job back in the queue; it may run elsewhere later."""
+        self.twin.requeue(data.draw(st.sampled_from(sorted(j.jobid for j in self.twin.jobs.values() if j.code == "R"))))
+
+    # ------------------------------------------------------------ the proxy backend and effects
+    @rule(name=st.sampled_from(NAMES), what=st.sampled_from(sorted(PROXY_FAULTS)), on=st.sampled_from(["start", "stop"]))
+    def proxy_fault(self, name: str, what: str, on: str) -> None:
+        STATS["faults"] += 1
+        key, fault = str(NAMES.index(name) + 1), PROXY_FAULTS[what]
+        if on == "stop" and isinstance(fault, BaseException):
+            self.proxies.stop_error[key] = fault
+        elif isinstance(fault, ProxyStatus):
+            self.proxies.gave_up[key] = fault
+        else:
+            self.proxies.start_error[key] = fault
+
+    @rule(broken=st.booleans())
+    def proxy_listing(self, broken: bool) -> None:
+        self.proxies.keys_error = KubeError("(403) Forbidden") if broken else None
+
+    @rule()
+    def proxy_heals(self) -> None:
+        self.proxies.start_error.clear()
+        self.proxies.stop_error.clear()
+        self.proxies.gave_up.clear()
+
+    @rule()
+    def a_bug_in_an_effect(self) -> None:
+        """The next batch of vanished jobs meets an exception no adapter raises on purpose."""
+        inspect_many = self.twin.inspect_many
+
+        async def once(jobids):  # noqa: ANN001, ANN202 - the twin's own signature
+            self.twin.inspect_many = inspect_many  # type: ignore[method-assign]
+            raise KeyError("a bug while reading accounting")
+
+        self.twin.inspect_many = once  # type: ignore[method-assign]
+
+    @rule()
+    def gc(self) -> None:
+        """Upstream's /gc (its BAD is a 500 by contract, so it is called below the HTTP layer): never raises,
+        and answers about the cluster whatever the proxy backend does."""
+        async def gc() -> bool:
+            ok = await self.downstream.gc()
+            await trio.testing.wait_all_tasks_blocked()
+            return ok
+
+        assert self.run(gc) in (True, False)
 
     @rule(seconds=st.sampled_from([1, 5, 20, 61]))
     def time_passes(self, seconds: int) -> None:
@@ -193,7 +261,19 @@ class DaemonLife(RuleBasedStateMachine):
             self.downstream.wake()
             await trio.testing.wait_all_tasks_blocked()
 
+        polls = self.downstream.status.polls
         self.run(poll_now)
+        if self.downstream.status.polls > polls:  # a poll succeeded and its proxy tending is done: the daemon
+            self.urls_only_for_running_services()  # knows what Slurm shows right now
+
+    def urls_only_for_running_services(self) -> None:
+        """A job upstream is given a URL for runs now: not pending again (requeued), not ended."""
+        for name, jobid in self.world.jobids.items():
+            if name in self.world.collected or not self.downstream.url_of(name, jobid):
+                continue
+            STATS["urls"] += 1
+            job = self.twin.jobs.get(jobid)
+            assert job is not None and job.code == "R", f"{name} has a URL while Slurm shows it {job and job.code}"
 
     @rule(command=st.sampled_from(COMMANDS), fault=st.sampled_from(list(Fault)), times=st.integers(1, 3))
     def fault(self, command: str, fault: Fault, times: int) -> None:
