@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from bench import api_latency, baseline, cluster_load, footprint, freshness, proxy_throughput, submit_throughput
+from bench import api_latency, baseline, cluster_load, footprint, freshness, proxy_throughput, recovery, submit_throughput
 from bench.cluster import ClusterMissing, cluster_env, machine
 from bench.context import Context
 from bench.stats import show
@@ -47,6 +47,7 @@ STAGES: list[Stage] = [
     ("baseline", "the reference's way", True, baseline.run),
     ("footprint", "memory and CPU", False, footprint.run),
     ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
+    ("recovery", "recovery after a partition (simulated)", False, recovery.stage),
 ]
 NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput"})
 
