@@ -108,6 +108,7 @@ def spec_from_settings(
         ingress_class=proxy.ingress_class,
         ingress_annotations=proxy.ingress_annotations,
         cert_issuer=proxy.cert_issuer,
+        cert_cluster_issuer=proxy.cert_cluster_issuer,
         tolerations=tuple(tolerations),
         image_pull_secrets=image_pull_secrets,
     )

@@ -128,7 +128,7 @@ class _PendingSubmit:
 
 class SlurmClient:
     def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto",
-                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS) -> None:
+                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS, job_group: str = "") -> None:
         self.runner = runner
         self.shells = shells if max_shells > 0 else None  # where sbatch runs without a session per job
         self._idle_shells: list[Shell] = []
@@ -136,6 +136,7 @@ class SlurmClient:
         self._max_shells = max_shells
         self._lines: dict[str, SlurmJob] = {}  # the last poll's squeue lines, parsed (parse_squeue_counting's memo)
         self.user = user
+        self.job_group = job_group  # the jobs' files are readable by this group (setgid jobs dir, umask 027)
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
         self._submits: list[_PendingSubmit] = []
@@ -170,7 +171,9 @@ class SlurmClient:
             if not facts.home:
                 raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
             self.scratch_dir = facts.home
-        await self._run(f"mkdir -p {shlex.quote(self.jobs_dir)} && test -w {shlex.quote(self.jobs_dir)}")
+        jobs_dir = shlex.quote(self.jobs_dir)
+        share = f" && chgrp {shlex.quote(self.job_group)} {jobs_dir} && chmod 2750 {jobs_dir}" if self.job_group else ""
+        await self._run(f"mkdir -p {jobs_dir} && test -w {jobs_dir}{share}")
         if self.accounting == "auto":  # what works, not what slurm.conf promises (slurmdbd may be down)
             self.accounting = facts.accounting
         return ClusterInfo(version=facts.step("version").first_line, home=facts.home, config=dict(facts.config),
