@@ -122,7 +122,7 @@ def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metri
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
-                            upstream_sessions=settings.ssh_max_sessions - 1 - shells)
+                            upstream_sessions=settings.ssh_max_sessions - 1 - shells, gc_age=settings.gc_age)
     metrics.jobs = downstream.book.counts
     metrics.refused = lambda: downstream.book.machine.rejected
     return downstream

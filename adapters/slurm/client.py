@@ -11,12 +11,13 @@ import logging
 import re
 import secrets
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
-from adapters.jobscript import JOBID_RE, NAME_RE, Submission, jobs_dir_of
+from adapters.jobscript import JOBID_RE, NAME_RE, Submission, job_tree_of, jobs_dir_of
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.slurm.probe import ProbeFacts, probe
@@ -338,9 +339,21 @@ class SlurmClient:
         )
         return result.stdout if result.ok else None
 
-    async def cleanup(self, jobid: str) -> None:
-        files = " ".join(self._file(jobid, s) for s in ("out", "rc", "job.sh"))
-        await self._run(f"rm -f {files}")
+    async def cleanup(self, jobids: Sequence[str]) -> None:
+        """Remove what each job left in the jobs dir: output, rc file, script, and the per-job tree its
+        JARVICE script made (read-only directories inside it included). Removing nothing is success."""
+        if not jobids:
+            return
+        jobs_dir = shlex.quote(self.jobs_dir)
+        files = " ".join(f"{jobs_dir}/{_check_jobid(j)}.*" for j in jobids)  # .out .rc .job.sh .rc.<node> ...
+        trees = " ".join(shlex.quote(job_tree_of(self.scratch_dir, j)) for j in jobids)
+        await self._run(f"chmod -R u+w -- {trees} 2>/dev/null; rm -rf -- {files} {trees}")
+
+    async def job_files(self) -> dict[str, float]:
+        """Job ids that have files in the jobs dir, each with its newest modification time (epoch seconds)."""
+        jobs_dir = shlex.quote(self.jobs_dir)
+        result = await self._run(f"cd {jobs_dir} 2>/dev/null || exit 0; find . -mindepth 1 -maxdepth 2 -printf '%P\\t%T@\\n'")
+        return parsers.parse_job_files(result.stdout)
 
     async def list_dir(self, path: str, details: bool) -> str:
         """``pvcls``: one entry per line, prefixed ``/data``, directories with a trailing /."""
