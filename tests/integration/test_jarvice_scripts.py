@@ -190,6 +190,7 @@ async def test_gc_sweeps_only_orphaned_trees_older_than_the_age(daemon: Daemon) 
     name = unique_name("gc")
     jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 109, "echo long-runner; sleep 120"))
     running = JOBS / jobid
+    await daemon.wait_phase(name, "running")
     with trio.fail_after(60):
         while not (running / "init" / "opt" / "JARVICE").is_dir():
             await trio.sleep(0.2)
