@@ -1,7 +1,7 @@
 """A stand-in for JARVICE upstream: builds ``/submit`` arguments the way upstream does.
 
 Used by the integration tests, the demo and the benchmarks. ``job_script`` renders a
-script in the shape of JARVICE's own (see /work/shared/upstream-api.md, *What JARVICE's
+script in the shape of JARVICE's own (``upstream-api.md``, *What JARVICE's
 own scripts and apps rely on*): the ``JOBOBJ_*`` lines, the ``{DOWNSTREAM_PARAMETERS}``
 placeholder, literal braces doubled for upstream's ``str.format``, a per-job tree under
 ``${JARVICE_JOB_SCRATCH_DIR}.jarvice/jobs/$JOB_JOBID``, a ``flock``-guarded image pull into
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import httpx
 
-# What every task runs before the app, after the downstream's exports. JARVICE's
+# What every task runs before the app, after the downstream's exports. It sources nothing:
+# the downstream's wrapper has sourced the site's .jarvice_custom_env (and for GPU jobs
+# .jarvice_cuda_env) before the script starts, as the contract says. JARVICE's
 # script writes its per-job tree right after the scratch dir's name, which therefore
 # must end with "/"; without it the tree lands next to the scratch dir, where this
 # mkdir fails (as the job's user) and the job fails before any marker.
