@@ -16,6 +16,10 @@ answers:
 * ``POST /sink``: reads the body and answers ``{"bytes": N, "sha256": ...}`` (uploads);
 * ``POST /stall``: never reads the body (a service that stops reading, for backpressure).
 
+Like JARVICE's web apps, it serves under ``/$JARVICE_INGRESSPATH/`` when that is set (a
+path-based ingress forwards ``/job<N>/...`` unchanged) and answers 404 elsewhere; at ``/``
+otherwise.
+
 The test side at the bottom submits this file as a batch job through any ``run``
 (``SSHClient.run``), shipping its own source in the job script, as a real login node
 shares no file system with the daemon.
@@ -40,6 +44,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_MESSAGE = 64 * 2**20
 _PATTERN = bytes(range(256)) * 256  # 64 KiB
 _progress = {"blob_bytes": 0}  # one int updated under the GIL; read by /progress
+_INGRESS_PREFIX = "/" + path if (path := os.environ.get("JARVICE_INGRESSPATH", "").strip("/")) else ""
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -118,8 +123,17 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # the job's output stays quiet; the tests look at the client side
 
+    def _path(self) -> str | None:
+        """The request's path below the ingress path (``/`` for ``/job7`` and ``/job7/``); None outside it."""
+        path = urlsplit(self.path).path
+        if not _INGRESS_PREFIX:
+            return path
+        if path == _INGRESS_PREFIX or path.startswith(_INGRESS_PREFIX + "/"):
+            return path[len(_INGRESS_PREFIX):] or "/"
+        return None
+
     def do_GET(self) -> None:
-        url = urlsplit(self.path)
+        url = urlsplit(self.path)._replace(path=self._path() or "")
         if url.path == "/":
             self._reply(200, "text/html; charset=utf-8", page().encode())
         elif url.path == "/ws":
@@ -132,10 +146,10 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, "text/plain", b"not found\n")
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path == "/stall":
+        if self._path() == "/stall":
             time.sleep(600)
             return
-        if urlsplit(self.path).path != "/sink":
+        if self._path() != "/sink":
             self._reply(404, "text/plain", b"not found\n")
             return
         left = int(self.headers.get("Content-Length", "0"))
