@@ -106,6 +106,7 @@ class Settings:
     journal: str = ":memory:"  # SQLite file keeping what Slurm cannot (collected answers)
     log_format: str = "text"  # or "json" (one object per line)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    ssh_trust_on_first_use: bool = False  # no host key given: the first one seen is pinned in ssh_known_hosts
     global_scratch_dir: str = ""  # JARVICE_JOB_GLOBAL_SCRATCH_DIR, exported to jobs; "" when none
     global_registries: tuple[str, ...] = ()  # JARVICE_JOB_GLOBAL_REGISTRIES
     job_group: str = ""  # JARVICE_SLURM_SSH_USER_GROUP: the group that may read the jobs' files
@@ -308,11 +309,12 @@ def _registry(env: Mapping[str, str]) -> Registry:
 
 
 def _known_hosts(env: Mapping[str, str]) -> str | None:
+    """A known_hosts path or its lines. Unset: ``~/.ssh/known_hosts``, which the daemon writes itself
+    on first use when it does not exist (``trust_on_first_use``): the JARVICE chart passes no host key."""
     name = "JARVICE_SLURM_SSH_KNOWN_HOSTS"
     raw = env.get(name, "").strip()
     if not raw:
-        default = Path.home() / ".ssh" / "known_hosts"
-        return str(default) if default.is_file() else None
+        return str(Path(env.get("HOME") or Path.home()) / ".ssh" / "known_hosts")
     if "\n" in raw or " " in raw:
         return raw + "\n"  # inline known_hosts lines
     try:
@@ -409,6 +411,8 @@ class SSHTarget:
     private_key: str = field(repr=False)  # PEM
     known_hosts: str | None = None  # a file path, or known_hosts lines
     insecure_host_key: bool = False
+    # known_hosts is the default file and did not exist at start: the first key seen is written there
+    trust_on_first_use: bool = False
     keepalive: float = 15.0
     connect_timeout: float = 15.0
 
@@ -425,13 +429,17 @@ def ssh_login(env: Mapping[str, str]) -> SSHTarget:
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):
         raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    known_hosts = _known_hosts(env)
+    insecure = _bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY")
     return SSHTarget(
         host=addr,
         port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
         user=user,
         private_key=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
-        known_hosts=_known_hosts(env),
-        insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
+        known_hosts=known_hosts,
+        insecure_host_key=insecure,
+        trust_on_first_use=not insecure and not env.get("JARVICE_SLURM_SSH_KNOWN_HOSTS", "").strip()
+        and not Path(known_hosts).is_file(),
         keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
     )
 
@@ -465,6 +473,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ssh_pkey=login.private_key,
         ssh_known_hosts=login.known_hosts,
         ssh_insecure_host_key=login.insecure_host_key,
+        ssh_trust_on_first_use=login.trust_on_first_use,
         ssh_max_sessions=max_sessions,
         ssh_keepalive=login.keepalive,
         command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),

@@ -41,6 +41,7 @@ def ssh_target(settings: Settings) -> SSHTarget:
         private_key=settings.ssh_pkey,
         known_hosts=settings.ssh_known_hosts,
         insecure_host_key=settings.ssh_insecure_host_key,
+        trust_on_first_use=settings.ssh_trust_on_first_use,
         keepalive=settings.ssh_keepalive,
     )
 

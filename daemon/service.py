@@ -712,7 +712,11 @@ class Downstream:
 
         Only from a fresh, complete snapshot and with no submit in doubt: a job that exists but is not
         yet seen must never lose its files (the age limit protects it too)."""
-        if self.clock() - self.status.ok_at > self.stale_after() or self.book.limbo():
+        try:
+            self.require_fresh()
+        except ClusterUnavailable:
+            return []
+        if self.book.limbo():
             return []
         files = await self._upstream(self.slurm.job_files)
         known = self._in_slurm | {job.jobid for job in self.book if job.jobid}

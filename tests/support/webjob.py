@@ -8,6 +8,8 @@ answers:
 
 * ``GET /``: an HTML page naming the Slurm job and node (so a test can tell which job
   a proxy reached);
+* like JARVICE's web apps, it serves every path under ``/$JARVICE_INGRESSPATH/`` when that
+  is set (behind a path-based ingress, which does not strip the prefix) and 404s the rest;
 * ``GET /ws``: a WebSocket (RFC 6455) that echoes every text or binary message and
   answers pings; fragmented messages are refused with close code 1003;
 * ``GET /blob?bytes=N``: N bytes of a fixed pattern (downloads, for the benchmark);
@@ -15,10 +17,6 @@ answers:
   their sockets so far (how far a download got when its reader stopped reading);
 * ``POST /sink``: reads the body and answers ``{"bytes": N, "sha256": ...}`` (uploads);
 * ``POST /stall``: never reads the body (a service that stops reading, for backpressure).
-
-Like JARVICE's web apps, it serves under ``/$JARVICE_INGRESSPATH/`` when that is set (a
-path-based ingress forwards ``/job<N>/...`` unchanged) and answers 404 elsewhere; at ``/``
-otherwise.
 
 The test side at the bottom submits this file as a batch job through any ``run``
 (``SSHClient.run``), shipping its own source in the job script, as a real login node
@@ -44,7 +42,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_MESSAGE = 64 * 2**20
 _PATTERN = bytes(range(256)) * 256  # 64 KiB
 _progress = {"blob_bytes": 0}  # one int updated under the GIL; read by /progress
-_INGRESS_PREFIX = "/" + path if (path := os.environ.get("JARVICE_INGRESSPATH", "").strip("/")) else ""
+# JARVICE_INGRESSPATH inside the container; outside one the job's environment has it as SINGULARITYENV_...
+_PREFIX = (os.environ.get("JARVICE_INGRESSPATH") or os.environ.get("SINGULARITYENV_JARVICE_INGRESSPATH", "")).strip("/")
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -124,23 +123,24 @@ class Handler(BaseHTTPRequestHandler):
         pass  # the job's output stays quiet; the tests look at the client side
 
     def _path(self) -> str | None:
-        """The request's path below the ingress path (``/`` for ``/job7`` and ``/job7/``); None outside it."""
+        """The request's path below the ingress prefix; None when it is outside it."""
         path = urlsplit(self.path).path
-        if not _INGRESS_PREFIX:
+        if not _PREFIX:
             return path
-        if path == _INGRESS_PREFIX or path.startswith(_INGRESS_PREFIX + "/"):
-            return path[len(_INGRESS_PREFIX):] or "/"
+        if path == f"/{_PREFIX}" or path.startswith(f"/{_PREFIX}/"):
+            return path[len(_PREFIX) + 1:] or "/"
         return None
 
     def do_GET(self) -> None:
-        url = urlsplit(self.path)._replace(path=self._path() or "")
-        if url.path == "/":
+        url = urlsplit(self.path)
+        path = self._path()
+        if path == "/":
             self._reply(200, "text/html; charset=utf-8", page().encode())
-        elif url.path == "/ws":
+        elif path == "/ws":
             self._websocket()
-        elif url.path == "/blob":
+        elif path == "/blob":
             self._blob(int(parse_qs(url.query).get("bytes", ["0"])[0]))
-        elif url.path == "/progress":
+        elif path == "/progress":
             self._reply(200, "application/json", json.dumps(_progress).encode())
         else:
             self._reply(404, "text/plain", b"not found\n")
