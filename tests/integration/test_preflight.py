@@ -62,6 +62,8 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
     assert checks["socat"] == Check("socat", "ok", shutil.which("socat"))
     assert shutil.which("singularity") == "/usr/local/bin/singularity"  # the login node is this host
     assert checks["singularity"] == Check("singularity", "ok", "singularity-ce 4.1.0 (/usr/local/bin/singularity)")
+    # tests/cluster/up puts Debian's /usr/sbin/resize2fs on the user's PATH, as the Helm docs ask
+    assert checks["resize2fs"] == Check("resize2fs", "ok", "/usr/local/bin/resize2fs (overlay images of 640 MiB)")
     assert exit_code(list(checks.values())) == 0
 
 
