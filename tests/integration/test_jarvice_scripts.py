@@ -84,6 +84,19 @@ async def test_an_app_that_fails_is_rc1_although_the_script_exits_0(daemon: Daem
     assert termination == "<< termination state: FAILED -- see STDOUT for job errors >>"
 
 
+@pytest.mark.parametrize(("flag", "app", "rc", "echoed"), [
+    ("set -v", "exit 3", 1, "&& /bin/echo JARVICE_CMD_SUCCESS || /bin/echo JARVICE_CMD_FAILURE"),
+    ("set -v", "true", 0, "&& /bin/echo JARVICE_CMD_SUCCESS || /bin/echo JARVICE_CMD_FAILURE"),
+    ("set -x", "exit 3", 1, "+ /bin/echo JARVICE_CMD_FAILURE"),
+])
+async def test_a_script_that_echoes_its_commands_is_judged_by_the_marker_it_printed(
+        daemon: Daemon, flag: str, app: str, rc: int, echoed: str) -> None:
+    """Under ``set -v`` bash prints the chain's text (both markers) before it runs it; ``set -x`` the command."""
+    _, (got, _, (output, _)) = await run_to_end(daemon, 110, app, extra=flag)
+    assert echoed in output
+    assert got == rc
+
+
 @pytest.mark.parametrize(("code", "rc", "state"), [(3, 1, "FAILED"), (0, 0, "COMPLETED")])
 async def test_a_script_without_marker_is_judged_by_its_exit_code(daemon: Daemon, code: int, rc: int,
                                                                   state: str) -> None:
