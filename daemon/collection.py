@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from adapters.errors import DownstreamError
+from adapters.errors import ClusterUnavailable, DownstreamError
 from daemon.core import ANSWER_RETENTION, GC_BATCH, Answer, Conflict, NotFound, hms, job_identity, termination_line
 from daemon.logs import job_extra
 from statemachines.job import Job, JobState
@@ -166,7 +166,11 @@ class Collection:
         Only from a fresh, complete snapshot and with no submit in doubt: a job that exists but is not
         yet seen must never lose its files (the age limit protects it too)."""
         core = self.core
-        if core.clock() - core.status.ok_at > core.stale_after() or core.book.limbo():
+        try:
+            core.require_fresh()
+        except ClusterUnavailable:
+            return []
+        if core.book.limbo():
             return []
         files = await core.upstream(core.slurm.job_files)
         known = core.in_slurm | {job.jobid for job in core.book if job.jobid}

@@ -283,13 +283,15 @@ def batch_script(port: int, name: str, *, minutes: int = 10, output: str = "/dev
 
 
 def upstream_body() -> str:
-    """The body of an upstream job script that serves this file on the port the daemon assigned.
+    """The app command of an upstream job script that serves this file on the port the daemon assigned.
 
-    Upstream fills its scripts with ``str.format``, so the source's braces are doubled.
+    It runs inside the container, where Singularity has turned the downstream's
+    ``SINGULARITYENV_JARVICE_SERVICE_PORT`` into ``JARVICE_SERVICE_PORT``. Upstream fills its
+    scripts with ``str.format``, so the source's braces are doubled.
     """
     with open(__file__, encoding="utf-8") as handle:
         source = handle.read().replace("{", "{{").replace("}", "}}")
-    return f'exec /usr/bin/python3 - "$SINGULARITYENV_JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
+    return f'exec /usr/bin/python3 - "$JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
 
 
 async def submit(run: Runner, port: int, name: str, *, minutes: int = 10) -> str:

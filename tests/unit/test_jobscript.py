@@ -26,7 +26,9 @@ ENV = ScriptEnvironment(scratch_dir="/scratch/jarvice")
 
 def make(body: str = "true", env: ScriptEnvironment = ENV, name: str = "20261123-x-alice_demo", number: int = 42,
          **kw: object) -> Submission:
-    return build(submit_args(name, number, body, **kw), "singularity", env)
+    """The wrapper around a plain script: ``body`` follows the placeholder, with no container,
+    so that the wrapper can run here without Slurm or Singularity."""
+    return build(submit_args(name, number, body, plain=True, **kw), "singularity", env)
 
 
 def raw_args(script: str | bytes, name: str = "job-1", executor: str = "singularity") -> dict:
