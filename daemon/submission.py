@@ -134,8 +134,8 @@ class Submissions:
                     if await self._settle_by_name(job):
                         return [job.jobid, submission.fscript]
                     if job.limbo_since is not None and asked <= job.limbo_since + core.command_timeout:
-                        raise ClusterUnavailable(f"{req.name}: an earlier submit's answer was lost and whether it "
-                                                 f"reached Slurm is known only {core.command_timeout:g}s after it") from None
+                        raise ClusterUnavailable(f"{req.name}: an earlier submit's answer was lost; whether it reached "
+                                                 f"Slurm is known {core.command_timeout:g}s after it was sent") from None
                     job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
                 if req.interactive and job.port_index is None:
                     job.port_index = core.interactive.free_port_index()
@@ -159,7 +159,11 @@ class Submissions:
         return [jobid, submission.fscript]
 
     async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
+        """sbatch, and when its answer is lost, whether it took effect; else the job is in limbo *since it was
+        sent*: the command timeout bounds the sbatch client, which gets its job id as soon as slurmctld has
+        made the job, so a look-up begun ``command_timeout`` after sending sees every job it could have made."""
         core = self.core
+        sent = core.clock()
         try:
             # Shielded: a client that hangs up mid-sbatch must not leave a job in
             # Slurm that the book forgot. The SSH command timeout still bounds it.
@@ -175,7 +179,7 @@ class Submissions:
                     found = await core.upstream(core.slurm.find_by_name, job.name)
             except DownstreamError as lookup:
                 # Unknown: keep the name reserved until a poll finds the job or proves it absent.
-                core.book.in_limbo(job, core.clock(), f"sbatch answer lost: {exc}")
+                core.book.in_limbo(job, sent, f"sbatch answer lost: {exc}")
                 raise ClusterUnavailable(f"{exc}; and looking the job up failed: {lookup}") from None
             if found:
                 log.warning("sbatch for %s lost its answer; found it in Slurm as job %s", job.name, found[-1].jobid,
@@ -184,7 +188,7 @@ class Submissions:
             # Not found *yet* is not absent: a timed-out sbatch may still be applied by slurmctld. Forgetting
             # the job would let upstream's retry submit a second one; it stays in doubt until a poll begun
             # command_timeout later (or a retried submit's look-up then) settles it.
-            core.book.in_limbo(job, core.clock(), f"sbatch answer lost, not in Slurm yet: {exc}")
+            core.book.in_limbo(job, sent, f"sbatch answer lost, not in Slurm yet: {exc}")
             raise ClusterUnavailable(f"{exc}; the job is not in Slurm yet, and may still appear there") from None
         except BaseException:
             core.book.submit_failed(job, "interrupted")
