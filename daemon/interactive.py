@@ -173,7 +173,8 @@ class Interactive:
         known = self._aims.get(job.jobid)
         if known is not None and known.node == node:
             return _Aim(node, known.host, port)
-        return _Aim(node, await self.core.slurm.node_address(node), port)
+        # on upstream's channel budget: many jobs starting at once must not take the poller's SSH channel
+        return _Aim(node, await self.core.upstream(self.core.slurm.node_address, node), port)
 
     def _serving(self, job: Job, status: ProxyStatus) -> None:
         job.proxy_failures = job.proxy_attempts = job.proxy_probes = 0

@@ -146,3 +146,20 @@ async def test_a_service_that_never_answers_is_reported_after_some_probes(
         await world.poll()
         assert world.downstream.url_of("silent", jobid) == "http://proxy/7/" and job.last_error == ""
         nursery.cancel_scope.cancel()
+
+
+async def test_many_jobs_starting_at_once_leave_the_poller_its_channel(autojump_clock: trio.testing.MockClock) -> None:
+    """Reading the nodes' addresses for many starting jobs (one scontrol each) stays within upstream's
+    share of SSH channels, as every other command on upstream's behalf does."""
+    world = World(upstream_sessions=3)
+    world.twin.latency = 1.0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        jobids = [await world.submitted(f"desktop-{n}", n) for n in range(1, 2 * PROBE_LIMIT)]
+        for jobid in jobids:
+            world.twin.start(jobid)
+        await world.poll()
+        await trio.sleep(30)
+        assert 1 < world.twin.most_in_flight["scontrol"] <= 3
+        assert all(world.downstream.book.get(j).state is JobState.PROXYING for j in jobids)
+        nursery.cancel_scope.cancel()
