@@ -268,7 +268,9 @@ class SimulatedSlurm:
         self._lost(fault)
         if node not in self.nodes:
             raise CommandFailed("scontrol show node", 1, f"Node {node} not found")
-        return "127.0.0.1"  # every simulated node lives on this host, as in the test cluster
+        # every simulated node is a host of its own on a private network, as in the test clusters
+        # (tests/cluster/up: compute nodes behind the login node); nothing ever connects to it
+        return f"10.213.0.{11 + self.nodes.index(node)}"
 
     async def show_job(self, jobid: str) -> str:
         fault = await self._command("scontrol")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.integration.conftest import STATE, Daemon, settings, slurm, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, slurm, start_daemon, state, unique_name
 from tests.support.upstream import submit_args
 
 HMS = re.compile(r"^\d{2,}:\d{2}:\d{2}$")
@@ -45,7 +45,7 @@ async def test_successful_job_reports_rc0_output_and_elapsed(daemon: Daemon) -> 
     assert termination == "<< termination state: COMPLETED -- see STDOUT for job errors >>"
     # idempotent, and the job's files are collected
     assert await daemon.upstream.call("/exitstatus", ids(name, 11, jobid)) == answer
-    assert not list((STATE / "scratch" / ".jarvice").glob(f"{jobid}.*"))
+    assert not list((state() / "scratch" / ".jarvice").glob(f"{jobid}.*"))
     assert await daemon.upstream.call("/runstatus", ids(name, 11, jobid)) == [None, None, None, None]
 
 

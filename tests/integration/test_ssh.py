@@ -45,7 +45,7 @@ async def test_stdin_reaches_the_remote_command_intact() -> None:
 
 async def test_unknown_host_key_is_refused_with_a_clear_log_line(caplog: pytest.LogCaptureFixture) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
-    known_hosts = f"[127.0.0.1]:{settings().cluster_port} {other[0]} {other[1]}\n"
+    known_hosts = f"{settings().cluster_addr} {other[0]} {other[1]}\n"  # the login node's port 22
     with caplog.at_level(logging.ERROR):
         async with SSHClient(target(known_hosts=known_hosts)) as ssh:
             with pytest.raises(HostKeyRejected):
