@@ -91,8 +91,9 @@ async def test_two_node_job_runs_one_task_per_node(daemon: Daemon) -> None:
     nodes, *_ = await daemon.upstream.call("/runstatus", ids(name, 15, jobid))
     assert sorted(nodes) == ["node1", "node2"]
     await daemon.wait_phase(name, "finished")
-    rc, _, (log, _) = await daemon.upstream.call("/exitstatus", ids(name, 15, jobid))
-    assert rc == 0
+    rc, elapsed, (log, termination) = await daemon.upstream.call("/exitstatus", ids(name, 15, jobid))
+    assert rc == 0 and "COMPLETED" in termination
+    assert HMS.match(elapsed) and elapsed >= "00:00:02"
     assert "task 0 on node" in log and "task 1 on node" in log
     assert "of 2: node1 node2" in log
 
