@@ -49,6 +49,8 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
     print(f"preflight took {took:.3f}s (connect + one round trip)")
     version = re.search(r"\d+\.\d+\.\d+", slurm("sbatch", "--version").stdout)[0]
     assert checks["slurm version"] == Check("slurm version", "ok", f"slurm {version}")
+    assert version.startswith(current().version + ".")  # the cluster runs the version it was brought up with
+    assert checks["tested range"] == Check("tested range", "ok", f"slurm {current().version} is tested (22.05, 24.11, 26.05)")
     assert checks["ssh"].level == "ok" and "host key verified" in checks["ssh"].detail
     # The seed requires cons_tres; the test cluster is configured with it.
     assert config["SelectType"] == "select/cons_tres"
