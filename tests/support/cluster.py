@@ -113,8 +113,21 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="module")
 
 
+_seen_up: set[str] = set()
+
+
 @pytest.fixture(autouse=True)
 def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """The cluster this test is about (the first version for tests that run once)."""
+    """The cluster this test is about (the first version for tests that run once).
+
+    Whether it is up is asked once per run and version (tests/cluster/status), not guessed from
+    its daemon.env, which outlives ``make cluster-down``; a cluster that is down is a failure.
+    """
     with using(getattr(request, "param", VERSIONS[0])) as cluster:
+        if cluster.version not in _seen_up:
+            if not cluster.is_up():
+                pytest.fail(f"the Slurm {cluster.version} test cluster in {cluster.state} is down; "
+                            f"run SLURM_VERSION={cluster.version} SLURM_DOWNSTREAM_TESTCLUSTER={cluster.state} "
+                            "tests/cluster/up (make test does)")
+            _seen_up.add(cluster.version)
         yield cluster
