@@ -133,7 +133,7 @@ def login_netns() -> str:
     return f"/run/netns/{ns}-login"
 
 
-async def _load(host: str, port: int, mode: str, amount: int, netns: str | None = None) -> dict:
+async def _load(host: str, port: int, netns: str | None, mode: str, amount: int) -> dict:
     argv = [sys.executable, __file__, "--client", host, str(port), mode, str(amount)]
     if netns is not None:  # the client in that network namespace (same files, same python)
         argv = ["nsenter", f"--net={netns}", *argv]
