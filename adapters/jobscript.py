@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters.errors import InvalidRequest
+from adapters.kube.domain import JobsDomain
 from adapters.slurm.parsers import job_comment
 
 PLACEHOLDER = "DOWNSTREAM_PARAMETERS"
@@ -55,6 +56,16 @@ def jobs_dir_of(scratch_dir: str) -> str:
     return f"{scratch_dir.rstrip('/')}/.jarvice"
 
 
+def job_tree_of(scratch_dir: str, jobid: str) -> str:
+    """The per-job tree JARVICE's own script makes (``${JARVICE_JOB_SCRATCH_DIR}.jarvice/jobs/$JOB_JOBID``)."""
+    return f"{jobs_dir_of(scratch_dir)}/jobs/{jobid}"
+
+
+def as_dir(path: str) -> str:
+    """A directory as JARVICE scripts join it: with its trailing ``/`` (they write ``${DIR}.jarvice``); "" stays ""."""
+    return path.rstrip("/") + "/" if path else ""
+
+
 @dataclass(frozen=True)
 class ScriptEnvironment:
     """The site's side of the job: where things go and which images and proxies to use."""
@@ -63,13 +74,18 @@ class ScriptEnvironment:
     service_port: int = 2228
     ssh_port: int = 2227
     singularity_tmpdir: str = "/tmp"
-    overlay_size: int = 600
+    overlay_size: int = 640  # MiB; the JARVICE chart's default
+    global_scratch_dir: str = ""  # shared across clusters (JARVICE_JOB_GLOBAL_SCRATCH_DIR); "" when none
+    global_registries: tuple[str, ...] = ()  # registries whose images every cluster already has
+    ingress: JobsDomain | None = None  # path-based Kubernetes ingress: apps must serve under job<N>
+    job_group: str = ""  # group that may read the jobs' files (JARVICE_SLURM_SSH_USER_GROUP); "" keeps them private
     singularity_verbose: bool = False
     http_proxy: str = ""
     https_proxy: str = ""
     no_proxy: str = ""
     system_registry: str = "us-docker.pkg.dev"
     system_repo_base: str = "jarvice-system/images"
+    omit_repo_base: bool = False  # JARVICE_SYSTEM_OMIT_REPO_BASE: system images sit at the registry's top
     images_tag: str = "latest"
     local_registry: str = ""
     local_repo_base: str = ""
@@ -350,8 +366,19 @@ def _images(req: JobRequest, env: ScriptEnvironment) -> tuple[str, str]:
             app = f"localhost:{env.registry_proxy_port}/{path}"
         else:
             app = req.repo
-    init = f"{env.system_registry}/{env.system_repo_base}/initv{req.appdefversion}:{env.images_tag}"
+    base = "" if env.omit_repo_base or not env.system_repo_base else f"{env.system_repo_base}/"
+    init = f"{env.system_registry}/{base}initv{req.appdefversion}:{env.images_tag}"
     return f"docker://{app}", f"docker://{init}"
+
+
+def in_global_registries(image: str, registries: tuple[str, ...]) -> bool:
+    """Whether the app image comes from a registry every cluster mirrors (``reg.io`` or ``reg.io/path``).
+
+    The reference tests each entry as a substring of the image, so an unset list matched every image;
+    here an entry must be the image's registry or a path prefix of it.
+    """
+    ref = image.removeprefix("docker://")
+    return any(ref == r or ref.startswith(r.rstrip("/") + "/") for r in registries if r)
 
 
 def export_block(req: JobRequest, values: Mapping[str, str], env: ScriptEnvironment) -> str:
@@ -363,8 +390,11 @@ def export_block(req: JobRequest, values: Mapping[str, str], env: ScriptEnvironm
     init_password = base64.b64decode(env.init_password_b64).decode(errors="replace") if env.init_password_b64 else ""
     app_image, init_image = _images(req, env)
     overlay = req.overlay_size if req.overlay_size is not None else env.overlay_size
+    in_global = in_global_registries(app_image, env.global_registries)
     lines = [
-        f"export JARVICE_JOB_SCRATCH_DIR={q(env.scratch_dir)}",
+        f"export JARVICE_JOB_SCRATCH_DIR={q(as_dir(env.scratch_dir))}",
+        f"export JARVICE_JOB_GLOBAL_SCRATCH_DIR={q(as_dir(env.global_scratch_dir))}",
+        f'export JARVICE_JOB_APP_IS_IN_GLOBAL_REGISTRIES="{in_global}"',
         f"export SINGULARITYENV_JARVICE_SERVICE_PORT={env.service_port}",
         f"export SINGULARITYENV_JARVICE_SSH_PORT={env.ssh_port}",
         f"export JARVICE_SINGULARITY_TMPDIR={q(env.singularity_tmpdir)}",
@@ -384,12 +414,29 @@ def export_block(req: JobRequest, values: Mapping[str, str], env: ScriptEnvironm
         f"export SCHTTPS_PROXY={q(env.https_proxy)}",
         f"export SCNO_PROXY={q(env.no_proxy)}",
     ]
+    if env.ingress is not None and req.interactive:
+        lines.append(f"export SINGULARITYENV_JARVICE_INGRESSPATH={q(env.ingress.ingress_path(str(req.number)))}")
     return "\n".join(lines)
 
 
-# What each srun task runs before the JARVICE script: the Slurm -> JOB_* mapping
-# of the reference, the site's env files, then the script; task 0's exit code is
-# recorded atomically (write + rename) for when Slurm has forgotten the job.
+# JARVICE's scripts end with `app && /bin/echo JARVICE_CMD_SUCCESS || /bin/echo JARVICE_CMD_FAILURE`, a chain
+# that exits 0 either way: the marker, not the exit code, says whether the app worked. This filter passes task
+# 0's output through unchanged and writes the first marker's verdict (0 or 1) to the file ``verdict`` as soon as
+# it sees it. The literal command texts (a shell trace, `set -x`) and gotty's start line, which quotes the
+# command it runs, are not markers (the reference removes them too).
+MARKER_FILTER = r"""{ print; fflush() }
+decided || index($0, "GoTTY is starting with command") { next }
+{ line = $0; gsub("/bin/echo JARVICE_CMD_(SUCCESS|FAILURE)", "", line) }
+index(line, "JARVICE_CMD_SUCCESS") { decided = 1; print 0 > verdict; close(verdict); next }
+index(line, "JARVICE_CMD_FAILURE") { decided = 1; print 1 > verdict; close(verdict) }
+"""
+
+# What each srun task runs before the JARVICE script: the Slurm -> JOB_* mapping of the reference, the site's
+# env files, then the script. Task 0 decides the job's exit code: its marker if it printed one, else the
+# script's exit code; the code is written atomically (write + rename) to the rc file, for when Slurm has
+# forgotten the job, and is the task's (so the job's) exit code, so squeue and sacct agree with it.
+# The filter reads a process substitution, not a pipe: a background process the app left holding its stdout
+# would keep a pipe open for ever, while here the task waits for the filter at most 10 s once the script ends.
 TASK_PROLOGUE = r"""export PROCESS_PROCID="$SLURM_PROCID" PROCESS_NODENAME="$SLURMD_NODENAME"
 export JOB_JOBID="$SLURM_JOB_ID" JOB_JOB_NODELIST="$SLURM_JOB_NODELIST"
 export JOB_JOB_FORMATED_NODELIST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | tr '\n' ' ' | sed 's/ $//')"
@@ -397,13 +444,21 @@ export JOB_NNODES="$SLURM_NNODES" JOB_NTASKS="$SLURM_NTASKS" JOB_SUBMIT_DIR="$SL
 export JOB_GPUS_PER_NODE="${SLURM_GPUS_PER_NODE:-0}"
 if [ -r "$JARVICE_SCRATCH/.jarvice_custom_env" ]; then . "$JARVICE_SCRATCH/.jarvice_custom_env"; fi
 if [ "$JARVICE_GPU_JOB" = 1 ] && [ -r "$JARVICE_SCRATCH/.jarvice_cuda_env" ]; then . "$JARVICE_SCRATCH/.jarvice_cuda_env"; fi
-/bin/bash "$JARVICE_PAYLOAD"
+if [ "$SLURM_PROCID" != 0 ]; then exec /bin/bash "$JARVICE_PAYLOAD"; fi
+verdict="$JARVICE_RC_FILE.marker"
+rm -f "$verdict"
+awk=awk  # mawk (Debian's) fills its input buffer before it reads a line; -W interactive stops that
+case "$(awk -W version 2>&1)" in mawk*) awk="awk -W interactive" ;; esac
+/bin/bash "$JARVICE_PAYLOAD" > >(exec $awk -v verdict="$verdict" @MARKER_FILTER@) 2>&1
 rc=$?
-if [ "$SLURM_PROCID" = 0 ]; then
-  echo "$rc" > "$JARVICE_RC_FILE.$SLURMD_NODENAME" && mv -f "$JARVICE_RC_FILE.$SLURMD_NODENAME" "$JARVICE_RC_FILE"
-fi
+filter=$!
+for _ in $(seq 100); do kill -0 "$filter" 2>/dev/null || break; sleep 0.1; done
+marker=$(cat "$verdict" 2>/dev/null)
+rm -f "$verdict"
+case "$marker" in 0|1) rc=$marker ;; esac
+echo "$rc" > "$JARVICE_RC_FILE.$SLURMD_NODENAME" && mv -f "$JARVICE_RC_FILE.$SLURMD_NODENAME" "$JARVICE_RC_FILE"
 exit "$rc"
-"""
+""".replace("@MARKER_FILTER@", shlex.quote(MARKER_FILTER))
 
 
 def wrap(filled: str, req: JobRequest, env: ScriptEnvironment) -> str:
@@ -416,7 +471,7 @@ def wrap(filled: str, req: JobRequest, env: ScriptEnvironment) -> str:
     return (
         "#!/bin/bash\n"
         f"# slurm-downstream: JARVICE job {req.name} (number {req.number})\n"
-        "umask 077\n"
+        f"umask {'027' if env.job_group else '077'}\n"
         f"export JARVICE_SCRATCH={q(env.scratch_dir)}\n"
         f"export JARVICE_PAYLOAD={q(env.jobs_dir)}/\"$SLURM_JOB_ID.job.sh\"\n"
         f"export JARVICE_RC_FILE={q(env.jobs_dir)}/\"$SLURM_JOB_ID.rc\"\n"

@@ -9,7 +9,9 @@ Everything else is rebuilt from the cluster after a restart (job names carry
 * outcomes: a job's end as this daemon saw it, until upstream collects it, for
   the cluster may purge the job and have no accounting to ask;
 * answers: ``/exitstatus`` answers already given, so a repeated call after a
-  restart says the same thing although the job's files are gone.
+  restart says the same thing although the job's files are gone;
+* clean-ups: jobs whose files (output, rc file, script, per-job tree) are to be
+  removed from the scratch dir, until a removal succeeds.
 
 Writes are small and synchronous (WAL, ``synchronous=NORMAL``: well under a
 millisecond here), so they are made in line on the trio thread rather than paying
@@ -28,6 +30,7 @@ CREATE TABLE IF NOT EXISTS intents (name TEXT PRIMARY KEY, number INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS outcomes (jobid TEXT PRIMARY KEY, name TEXT NOT NULL, number INTEGER NOT NULL,
                                      record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cleanups (jobid TEXT PRIMARY KEY, since REAL NOT NULL);
 """
 
 
@@ -93,3 +96,14 @@ class Journal:
 
     def expire(self, now: float) -> None:
         self._db.execute("DELETE FROM answers WHERE expires < ?", (now,))
+
+    # ------------------------------------------------------------ clean-ups
+    def to_clean(self, jobids: list[str], since: float) -> None:
+        """``since``: wall-clock time the removal was first asked for (kept when asked again)."""
+        self._db.executemany("INSERT OR IGNORE INTO cleanups VALUES (?, ?)", [(j, since) for j in jobids])
+
+    def cleaned(self, jobids: list[str]) -> None:
+        self._db.executemany("DELETE FROM cleanups WHERE jobid = ?", [(j,) for j in jobids])
+
+    def cleanups(self) -> list[str]:
+        return [jobid for (jobid,) in self._db.execute("SELECT jobid FROM cleanups ORDER BY since, jobid")]

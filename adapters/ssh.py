@@ -282,7 +282,7 @@ class SSHClient:
 
     # --------------------------------------------------------- asyncio side
     def _known_hosts(self) -> object:
-        if self.target.insecure_host_key:
+        if self.target.insecure_host_key or self._learning:
             return None
         value = self.target.known_hosts
         if value is None:
@@ -290,6 +290,25 @@ class SSHClient:
         if "\n" in value:
             return asyncssh.import_known_hosts(value)
         return asyncssh.read_known_hosts(str(Path(value)))
+
+    @property
+    def _learning(self) -> bool:
+        """Trust on first use: no host key was given and none has been written yet."""
+        return self.target.trust_on_first_use and not Path(str(self.target.known_hosts)).is_file()
+
+    def _pin_host_key(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Write the key the login node showed, so every later connection must show the same one."""
+        key = conn.get_server_host_key()
+        if key is None:
+            return
+        host = self.target.host if self.target.port == 22 else f"[{self.target.host}]:{self.target.port}"
+        path = Path(str(self.target.known_hosts))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
+        path.write_text(f"{host} {algorithm} {blob}\n")
+        log.warning("SSH host key of %s trusted on first use and pinned in %s: %s %s (set "
+                    "JARVICE_SLURM_SSH_KNOWN_HOSTS to pin it yourself)", self.target.address, path,
+                    key.get_algorithm(), key.get_fingerprint())
 
     async def _aio_connect(self) -> None:
         if self._conn is not None:
@@ -308,6 +327,8 @@ class SSHClient:
             agent_path=None,
             config=[],
         )
+        if self._learning:
+            self._pin_host_key(self._conn)
 
     async def _aio_run(self, command: str, stdin: str | None) -> tuple[int | None, str, str]:
         conn = self._conn

@@ -4,7 +4,7 @@ Runs every benchmark in turn against the real local test cluster (``make
 bench`` brings it up), printing each table as it completes, then a summary
 against the targets, and writes everything to ``bench/results.json`` (or
 ``--out`` / ``$BENCH_OUT``). Names select a subset: freshness, api_latency,
-cluster_load, submit_throughput, baseline, footprint, proxy_throughput.
+cluster_load, submit_throughput, baseline, footprint, proxy_throughput, marker_filter.
 
 The order matters because the daemon adopts every job it finds in Slurm: the
 100-job measurements come first, then the submit benchmark brings the real
@@ -27,7 +27,16 @@ from pathlib import Path
 
 import trio
 
-from bench import api_latency, baseline, cluster_load, footprint, freshness, proxy_throughput, submit_throughput
+from bench import (
+    api_latency,
+    baseline,
+    cluster_load,
+    footprint,
+    freshness,
+    marker_filter,
+    proxy_throughput,
+    submit_throughput,
+)
 from bench.cluster import ClusterMissing, cluster_env, machine
 from bench.context import Context
 from bench.stats import show
@@ -48,7 +57,7 @@ STAGES: list[Stage] = [
     ("footprint", "memory and CPU", False, footprint.run),
     ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
 ]
-NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput"})
+NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput", "marker_filter"})
 
 
 def loadavg() -> float:
@@ -218,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     results = ctx.results
     if "proxy_throughput" in wanted:
         run_proxy(results, errors)
+    if "marker_filter" in wanted:
+        print("\n-- the success marker's filter ...", flush=True)
+        results["marker_filter"] = marker_filter.run()
 
     headline = summarize(results)
     show("summary against the targets", ["measure", "value", "target", "met"],

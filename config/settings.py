@@ -44,6 +44,7 @@ class Registry:
 
     system_registry: str = "us-docker.pkg.dev"
     system_repo_base: str = "jarvice-system/images"
+    omit_repo_base: bool = False  # JARVICE_SYSTEM_OMIT_REPO_BASE: system images at the registry's top level
     images_tag: str = "latest"
     local_registry: str = ""
     local_repo_base: str = ""
@@ -65,7 +66,8 @@ class ProxySettings:
     namespace: str = "jarvice-system-jobs"
     ingress_class: str = ""
     ingress_annotations: tuple[tuple[str, str], ...] = ()
-    cert_issuer: str = ""
+    cert_issuer: str = ""  # a namespaced cert-manager Issuer (cert-manager.io/issuer)
+    cert_cluster_issuer: str = ""  # a cert-manager ClusterIssuer (cert-manager.io/cluster-issuer)
     image: str = ""  # kubernetes mode: image of the proxy pods (this daemon's image)
     ssh_secret: str = "jarvice-slurm-downstream-ssh"  # Secret holding the SSH key (key "pkey")
     tolerations: str = "[]"  # JSON list of Kubernetes tolerations for proxy pods
@@ -104,10 +106,93 @@ class Settings:
     journal: str = ":memory:"  # SQLite file keeping what Slurm cannot (collected answers)
     log_format: str = "text"  # or "json" (one object per line)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    ssh_trust_on_first_use: bool = False  # no host key given: the first one seen is pinned in ssh_known_hosts
+    global_scratch_dir: str = ""  # JARVICE_JOB_GLOBAL_SCRATCH_DIR, exported to jobs; "" when none
+    global_registries: tuple[str, ...] = ()  # JARVICE_JOB_GLOBAL_REGISTRIES
+    job_group: str = ""  # JARVICE_SLURM_SSH_USER_GROUP: the group that may read the jobs' files
+    chown_wrapper: str = ""  # JARVICE_CHOWN_WRAPPER: used instead of chown when files change owner
+    gc_age: float = 7 * 86400.0  # /gc removes files and outcomes nobody collected once this old (seconds)
+    outbound: OutboundHTTP = field(default_factory=lambda: OutboundHTTP())
+    deprecations: tuple[str, ...] = ()  # older variable names read, one log line each at start
 
     @property
     def server_user(self) -> str | None:
         return self.server_key.split(":", 1)[0] if self.server_key else None
+
+
+@dataclass(frozen=True)
+class OutboundHTTP:
+    """The daemon's own HTTP calls (the Kubernetes API): the pod's egress proxy and the site's root CA."""
+
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+    ca_bundle: str = ""  # REQUESTS_CA_BUNDLE: a PEM file of trusted roots
+
+
+# Names the reference downstream (and older charts) used, and what they are called now. The old name is
+# read when the new one is absent, with one deprecation line in the start-up log.
+ALIASES = {
+    "JARVICE_SINGULARITY_OVERLAY_SIZE": "JARVICE_SLURM_OVERLAY_SIZE",
+    "JARVICE_BAREMETAL_HTTP_PROXY": "JARVICE_SLURM_HTTP_PROXY",
+    "JARVICE_BAREMETAL_HTTPS_PROXY": "JARVICE_SLURM_HTTPS_PROXY",
+    "JARVICE_BAREMETAL_NO_PROXY": "JARVICE_SLURM_NO_PROXY",
+    "JARVICE_JOB_SCRATCH_DIR": "JARVICE_SLURM_SCRATCH_DIR",
+}
+SLURM_CLIENTS = ("ssh_client", "slurmrestd_client")
+_GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_COMMAND_RE = re.compile(r"^[A-Za-z0-9_./+-]{1,255}\Z")
+
+
+def resolve_aliases(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The environment with older names mapped to today's, and what to say about each one used."""
+    resolved, notes = dict(env), []
+    for old, new in ALIASES.items():
+        if old not in env:
+            continue
+        if new in env:
+            notes.append(f"{old} is ignored: {new} is set (and {old} is deprecated)")
+        else:
+            resolved[new] = env[old]
+            notes.append(f"{old} is deprecated: read as {new}; rename it")
+    return resolved, tuple(notes)
+
+
+def _slurm_client(env: Mapping[str, str]) -> None:
+    name = "JARVICE_SLURM_CLIENT"
+    value = _get(env, name, "ssh_client") or "ssh_client"
+    if value not in SLURM_CLIENTS:
+        raise ConfigError(name, f"expected ssh_client or slurmrestd_client, got {value!r}")
+    if value == "slurmrestd_client":
+        raise ConfigError(name, "slurmrestd_client is not supported by this version of slurm-downstream yet; "
+                                "use ssh_client (the default) with JARVICE_SLURM_CLUSTER_ADDR and JARVICE_SLURM_SSH_PKEY")
+
+
+def _outbound(env: Mapping[str, str]) -> OutboundHTTP:
+    ca = _get(env, "REQUESTS_CA_BUNDLE")
+    if ca:
+        try:
+            with open(ca, encoding="utf-8") as handle:
+                if "-----BEGIN CERTIFICATE-----" not in handle.read():
+                    raise ConfigError("REQUESTS_CA_BUNDLE", f"{ca} holds no PEM certificate")
+        except OSError as exc:
+            raise ConfigError("REQUESTS_CA_BUNDLE", f"cannot read {ca}: {exc.strerror}") from None
+    return OutboundHTTP(http_proxy=_get(env, "http_proxy"), https_proxy=_get(env, "https_proxy"),
+                        no_proxy=_get(env, "no_proxy"), ca_bundle=ca)
+
+
+def _absolute_dir(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    if value and not value.startswith("/"):
+        raise ConfigError(name, f"must be an absolute path, got {value!r}")
+    return value.rstrip("/") or ("/" if value else "")
+
+
+def _matching(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str:
+    value = _get(env, name)
+    if value and not pattern.match(value):
+        raise ConfigError(name, f"not {what}: {value!r}")
+    return value
 
 
 def _is_ip(value: str) -> bool:
@@ -212,6 +297,7 @@ def _registry(env: Mapping[str, str]) -> Registry:
     return Registry(
         system_registry=_get(env, "JARVICE_SYSTEM_REGISTRY", Registry.system_registry),
         system_repo_base=_get(env, "JARVICE_SYSTEM_REPO_BASE", Registry.system_repo_base),
+        omit_repo_base=_bool(env, "JARVICE_SYSTEM_OMIT_REPO_BASE"),
         images_tag=_get(env, "JARVICE_IMAGES_TAG", "latest"),
         local_registry=local,
         local_repo_base=local_base,
@@ -223,11 +309,12 @@ def _registry(env: Mapping[str, str]) -> Registry:
 
 
 def _known_hosts(env: Mapping[str, str]) -> str | None:
+    """A known_hosts path or its lines. Unset: ``~/.ssh/known_hosts``, which the daemon writes itself
+    on first use when it does not exist (``trust_on_first_use``): the JARVICE chart passes no host key."""
     name = "JARVICE_SLURM_SSH_KNOWN_HOSTS"
     raw = env.get(name, "").strip()
     if not raw:
-        default = Path.home() / ".ssh" / "known_hosts"
-        return str(default) if default.is_file() else None
+        return str(Path(env.get("HOME") or Path.home()) / ".ssh" / "known_hosts")
     if "\n" in raw or " " in raw:
         return raw + "\n"  # inline known_hosts lines
     try:
@@ -280,6 +367,10 @@ def _proxy(env: Mapping[str, str]) -> ProxySettings:
             raise ValueError
     except ValueError:
         raise ConfigError("JARVICE_JOBS_TOLERATIONS", "must be a JSON list of tolerations") from None
+    issuer, cluster_issuer = _get(env, "JARVICE_JOBS_INGRESS_CERT_ISSUER"), _get(env, "JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER")
+    if issuer and cluster_issuer:
+        raise ConfigError("JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER",
+                          "set either it (a ClusterIssuer) or JARVICE_JOBS_INGRESS_CERT_ISSUER (an Issuer), not both")
     image = _get(env, "JARVICE_SLURM_PROXY_IMAGE")
     if mode == "kubernetes" and not image:
         raise ConfigError("JARVICE_SLURM_PROXY_IMAGE", "is required when JARVICE_SLURM_PROXY_MODE=kubernetes")
@@ -291,7 +382,8 @@ def _proxy(env: Mapping[str, str]) -> ProxySettings:
         namespace=_get(env, "JARVICE_JOBS_NAMESPACE", "jarvice-system-jobs"),
         ingress_class=_get(env, "JARVICE_JOBS_INGRESS_CLASS"),
         ingress_annotations=_annotations(env, "JARVICE_JOBS_INGRESS_ANNOTATIONS"),
-        cert_issuer=_get(env, "JARVICE_JOBS_INGRESS_CERT_ISSUER"),
+        cert_issuer=issuer,
+        cert_cluster_issuer=cluster_issuer,
         image=image,
         ssh_secret=_get(env, "JARVICE_SLURM_PROXY_SSH_SECRET", "jarvice-slurm-downstream-ssh"),
         tolerations=tolerations,
@@ -319,6 +411,8 @@ class SSHTarget:
     private_key: str = field(repr=False)  # PEM
     known_hosts: str | None = None  # a file path, or known_hosts lines
     insecure_host_key: bool = False
+    # known_hosts is the default file and did not exist at start: the first key seen is written there
+    trust_on_first_use: bool = False
     keepalive: float = 15.0
     connect_timeout: float = 15.0
 
@@ -335,20 +429,25 @@ def ssh_login(env: Mapping[str, str]) -> SSHTarget:
     user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
     if not _USER_RE.match(user):
         raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    known_hosts = _known_hosts(env)
+    insecure = _bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY")
     return SSHTarget(
         host=addr,
         port=_int(env, "JARVICE_SLURM_CLUSTER_PORT", 22, 1, 65535),
         user=user,
         private_key=decode_private_key(_required(env, "JARVICE_SLURM_SSH_PKEY")),
-        known_hosts=_known_hosts(env),
-        insecure_host_key=_bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY"),
+        known_hosts=known_hosts,
+        insecure_host_key=insecure,
+        trust_on_first_use=not insecure and not env.get("JARVICE_SLURM_SSH_KNOWN_HOSTS", "").strip()
+        and not Path(known_hosts).is_file(),
         keepalive=_float(env, "JARVICE_SLURM_SSH_KEEPALIVE", 15.0, 1.0, 3600.0),
     )
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError on the first bad one."""
-    env = os.environ if env is None else env
+    env, deprecations = resolve_aliases(os.environ if env is None else env)
+    _slurm_client(env)
     login = ssh_login(env)
     server_key = _get(env, "JARVICE_SCHED_SERVER_KEY") or None
     if server_key and not _SERVER_KEY_RE.match(server_key):
@@ -374,6 +473,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ssh_pkey=login.private_key,
         ssh_known_hosts=login.known_hosts,
         ssh_insecure_host_key=login.insecure_host_key,
+        ssh_trust_on_first_use=login.trust_on_first_use,
         ssh_max_sessions=max_sessions,
         ssh_keepalive=login.keepalive,
         command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),
@@ -382,7 +482,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         http_proxy=_get(env, "JARVICE_SLURM_HTTP_PROXY"),
         no_proxy=_get(env, "JARVICE_SLURM_NO_PROXY"),
         singularity_tmpdir=_get(env, "JARVICE_SINGULARITY_TMPDIR", "/tmp"),
-        overlay_size=_int(env, "JARVICE_SLURM_OVERLAY_SIZE", 600, 0, 10_000_000),
+        overlay_size=_int(env, "JARVICE_SLURM_OVERLAY_SIZE", 640, 0, 10_000_000),
         singularity_verbose=_bool(env, "JARVICE_SINGULARITY_VERBOSE"),
         server_key=server_key,
         scratch_dir=scratch.rstrip("/") or "/",
@@ -396,6 +496,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         journal=_journal(env),
         log_format=log_format,
         proxy=_proxy(env),
+        global_scratch_dir=_absolute_dir(env, "JARVICE_JOB_GLOBAL_SCRATCH_DIR"),
+        global_registries=tuple(r.strip() for r in _get(env, "JARVICE_JOB_GLOBAL_REGISTRIES").split(",") if r.strip()),
+        job_group=_matching(env, "JARVICE_SLURM_SSH_USER_GROUP", _GROUP_RE, "a group name"),
+        chown_wrapper=_matching(env, "JARVICE_CHOWN_WRAPPER", _COMMAND_RE, "a command path without spaces"),
+        gc_age=_float(env, "JARVICE_SLURM_GC_AGE", 7 * 86400.0, 60.0, 10 * 365 * 86400.0),
+        outbound=_outbound(env),
+        deprecations=deprecations,
     )
 
 

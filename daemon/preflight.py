@@ -61,6 +61,9 @@ def evaluate(facts: ProbeFacts, settings: Settings, poll_interval: float) -> lis
     if s.ssh_insecure_host_key:
         checks = [Check("ssh", "warning", f"{where}, host key NOT verified",
                         "set JARVICE_SLURM_SSH_KNOWN_HOSTS and drop JARVICE_SLURM_SSH_INSECURE_HOST_KEY")]
+    elif s.ssh_trust_on_first_use:
+        checks = [Check("ssh", "warning", f"{where}, host key trusted on first use (pinned in {s.ssh_known_hosts})",
+                        "compare its fingerprint (in the log) with the login node's, and set JARVICE_SLURM_SSH_KNOWN_HOSTS")]
     else:
         checks = [Check("ssh", "ok", f"{where}, host key verified")]
     if not facts.complete:
@@ -89,6 +92,7 @@ def evaluate(facts: ProbeFacts, settings: Settings, poll_interval: float) -> lis
                             "the poller runs `squeue -t all -u USER`; it must work from the login node"))
 
     checks.append(_singularity(facts, s))
+    checks.append(_resize2fs(facts, s))
     checks += _scratch(facts, s)
     if facts.socat:
         checks.append(Check("socat", "ok", facts.socat))
@@ -180,6 +184,17 @@ def _singularity(facts: ProbeFacts, s: Settings) -> Check:
         return Check("singularity", "error", f"{shown}; JARVICE_SLURM_OVERLAY_SIZE=0 needs SingularityCE >= {need}",
                      f"upgrade to SingularityCE >= {need}, or set JARVICE_SLURM_OVERLAY_SIZE > 0")
     return Check("singularity", "ok", f"{shown}, runs without an overlay")
+
+
+def _resize2fs(facts: ProbeFacts, s: Settings) -> Check:
+    if s.overlay_size == 0:
+        return Check("resize2fs", "ok", "not needed (JARVICE_SLURM_OVERLAY_SIZE=0: writable tmpfs, no overlay image)")
+    if facts.resize2fs:
+        return Check("resize2fs", "ok", f"{facts.resize2fs} (overlay images of {s.overlay_size} MiB)")
+    return Check("resize2fs", "warning", "not on the service user's PATH on the login node",
+                 "JARVICE scripts size overlay images with resize2fs on the compute nodes: put it on the user's PATH "
+                 "there (Debian keeps it in /usr/sbin), or set JARVICE_SLURM_OVERLAY_SIZE=0 with SingularityCE >= "
+                 f"{_version(OVERLAY_FREE_SINGULARITY)}")
 
 
 def _scratch(facts: ProbeFacts, s: Settings) -> list[Check]:

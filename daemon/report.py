@@ -29,6 +29,7 @@ def url_password(url: str) -> str | None:
 def init_report(settings: Settings, key_description: str) -> list[str]:
     s = settings
     host_key = "NOT VERIFIED (JARVICE_SLURM_SSH_INSECURE_HOST_KEY=true)" if s.ssh_insecure_host_key else (
+        f"trusted on first use, then pinned in {s.ssh_known_hosts}" if s.ssh_trust_on_first_use else
         "verified against " + ("inline known_hosts" if s.ssh_known_hosts and "\n" in s.ssh_known_hosts
                                else (s.ssh_known_hosts or "an empty known_hosts: every key will be refused"))
     )

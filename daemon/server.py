@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from adapters.errors import DownstreamError
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
+from adapters.kube.domain import JobsDomain
 from adapters.proxy.base import ProxyBackend
 from adapters.proxy.local import LocalProxies
 from adapters.slurm.client import SUBMIT_SHELLS, SlurmClient
@@ -40,6 +41,7 @@ def ssh_target(settings: Settings) -> SSHTarget:
         private_key=settings.ssh_pkey,
         known_hosts=settings.ssh_known_hosts,
         insecure_host_key=settings.ssh_insecure_host_key,
+        trust_on_first_use=settings.ssh_trust_on_first_use,
         keepalive=settings.ssh_keepalive,
     )
 
@@ -53,10 +55,25 @@ def describe_key(pem: str) -> str:
     return f"{key.algorithm.decode()} {key.get_fingerprint()}"
 
 
+def ingress_domain(settings: Settings) -> JobsDomain | None:
+    """A path-based ingress serves each job under ``/job<N>``: its apps must be told (JARVICE_INGRESSPATH)."""
+    if settings.proxy.mode != "kubernetes" or not settings.jobs_domain:
+        return None
+    try:
+        domain = JobsDomain.parse(settings.jobs_domain)
+    except ValueError as exc:
+        raise ConfigError("JARVICE_JOBS_DOMAIN", str(exc)) from None
+    return domain if domain.path_based else None
+
+
 def script_environment(settings: Settings) -> ScriptEnvironment:
     reg = settings.registry
     return ScriptEnvironment(
         scratch_dir=settings.scratch_dir,
+        global_scratch_dir=settings.global_scratch_dir,
+        global_registries=settings.global_registries,
+        ingress=ingress_domain(settings),
+        job_group=settings.job_group,
         service_port=settings.service_port,
         ssh_port=settings.ssh_port,
         singularity_tmpdir=settings.singularity_tmpdir,
@@ -67,6 +84,7 @@ def script_environment(settings: Settings) -> ScriptEnvironment:
         no_proxy=settings.no_proxy,
         system_registry=reg.system_registry,
         system_repo_base=reg.system_repo_base,
+        omit_repo_base=reg.omit_repo_base,
         images_tag=reg.images_tag,
         local_registry=reg.local_registry,
         local_repo_base=reg.local_repo_base,
@@ -101,11 +119,11 @@ def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metri
     # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
     shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
     slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir, shells=runner,
-                        max_shells=shells)
+                        max_shells=shells, job_group=settings.job_group)
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
-                            upstream_sessions=settings.ssh_max_sessions - 1 - shells)
+                            upstream_sessions=settings.ssh_max_sessions - 1 - shells, gc_age=settings.gc_age)
     metrics.jobs = downstream.book.counts
     metrics.refused = lambda: downstream.book.machine.rejected
     return downstream
@@ -171,6 +189,8 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
     key = describe_key(settings.ssh_pkey)
     for line in init_report(settings, key):
         log.info(line)
+    for note in settings.deprecations:
+        log.warning("configuration: %s", note)
     journal = Journal(settings.journal)
     started_at = time.time()
     async with open_ssh(settings) as ssh:
@@ -211,7 +231,7 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
         from adapters.kube.client import KubeClient  # the kubernetes package is heavy: only when used
         from adapters.kube.proxies import KubernetesProxies
 
-        kube = await KubeClient.open(settings.proxy.kube_api)
+        kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
         proxies = KubernetesProxies.from_settings(kube, settings)
     else:
         proxies = LocalProxies(ssh, bind=settings.proxy.bind, public_host=settings.proxy.public_host,
@@ -227,7 +247,7 @@ async def start_elector(nursery: trio.Nursery, settings: Settings):  # noqa: ANN
     from adapters.kube.lease import LeaderElector, lease_name
     from adapters.kube.proxies import default_instance
 
-    kube = await KubeClient.open(settings.proxy.kube_api)
+    kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
     elector = LeaderElector(kube, settings.proxy.namespace, lease_name(default_instance(settings)),
                             settings.proxy.identity)
     await nursery.start(elector.run)

@@ -40,6 +40,7 @@ T = TypeVar("T")
 TAIL_DEFAULT = 100
 ANSWER_RETENTION = 3600.0  # how long a collected /exitstatus answer is repeated
 PROXY_RETRIES = 3  # proxy starts that may fail for one job before its info says why and it stops trying
+GC_BATCH = 200  # jobs whose files one removal command takes
 
 
 class Conflict(DownstreamError):
@@ -91,6 +92,7 @@ class Downstream:
     tunnels: TunnelOpener | None = None  # to probe a job's web service through the login node
     port_count: int = 100  # interactive jobs use service/SSH ports base .. base + port_count - 1
     upstream_sessions: int = 7  # SSH channels upstream's calls may hold at once: the rest is the poller's
+    gc_age: float = 7 * 86400.0  # /gc removes files and outcomes nobody collected once they are this old
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
@@ -109,6 +111,7 @@ class Downstream:
         self._node_addresses: dict[str, str] = {}
         self._proxy_bytes_seen: dict[int, tuple[int, int]] = {}
         self._upstream_slots = trio.Semaphore(max(1, self.upstream_sessions))
+        self._in_slurm: frozenset[str] = frozenset()  # every job id the last complete poll listed
 
     # ------------------------------------------------------------ freshness
     @property
@@ -255,6 +258,7 @@ class Downstream:
             # told of it is unknown, so the snapshot does not count as fresh.
             self._poll_failed("squeue printed lines that could not be read (see the log)")
             return
+        self._in_slurm = frozenset(poll.jobs)
         self.status.polls += 1
         self.status.ok_at = now
         self.status.last_error = ""
@@ -288,7 +292,7 @@ class Downstream:
         """Until upstream collects it: the cluster may purge the job and have no accounting."""
         self.journal.finished(job.jobid, job.name, job.number, {
             "state": JobState(job.state).value, "exit_code": job.exit_code, "elapsed": job.elapsed,
-            "termination": job.termination, "nodes": list(job.nodes)})
+            "termination": job.termination, "nodes": list(job.nodes), "at": self.wall()})
 
     async def _resolve(self, jobid: str) -> None:
         try:
@@ -571,7 +575,7 @@ class Downstream:
                     self.book.forget(job)
         finally:
             self._unlock(f"exit:{jobid}", lock)
-        await self._cleanup(jobid)
+        await self._clean([jobid])
         # A tracked job's proxy went when it finished (execute: Finished). One still running is left
         # from before a restart: stopped off upstream's request path; /gc removes any it cannot see.
         if self.proxies is not None and self.proxies.status(str(number)) is not None and self._nursery is not None:
@@ -594,11 +598,17 @@ class Downstream:
             return exit_code_of(code), 0, long_name(code)
         return UNKNOWN_EXIT, 0, "UNKNOWN"
 
-    async def _cleanup(self, jobid: str) -> None:
+    async def _clean(self, jobids: list[str]) -> bool:
+        """Remove the jobs' files; until that succeeds the journal keeps asking (/gc retries, restarts too)."""
+        self.journal.to_clean(jobids, self.wall())
         try:
-            await self._upstream(self.slurm.cleanup, jobid)
-        except DownstreamError as exc:  # the answer stands; the files stay in the scratch dir
-            log.warning("could not remove files of job %s: %s", jobid, exc, extra=job_extra("", jobid))
+            await self._upstream(self.slurm.cleanup, jobids)
+        except DownstreamError as exc:  # the answer stands; the files wait for the next /gc
+            log.warning("could not remove the files of job(s) %s (retried at the next /gc): %s", ", ".join(jobids),
+                        exc, extra=job_extra("", jobids[0]) if len(jobids) == 1 else None)
+            return False
+        self.journal.cleaned(jobids)
+        return True
 
     async def terminate(self, args: Mapping[str, object]) -> bool:
         name, _, jobid = job_identity(args)
@@ -650,7 +660,12 @@ class Downstream:
         return await self._upstream(self.slurm.list_dir, path, details)
 
     async def gc(self) -> bool:
-        """Upstream's periodic clean-up: is the cluster reachable; remove proxies whose job is gone."""
+        """Upstream's periodic call: is the cluster reachable; then collect what nobody else will.
+
+        Proxies whose job is gone, jobs' files whose removal failed before, finished jobs upstream
+        never collected, and files of jobs that are neither tracked nor known to Slurm, once older
+        than ``gc_age``. The answer is about the cluster: a collection that fails is logged and retried.
+        """
         try:
             await self._upstream(self.slurm.ping)  # upstream's call: never on the poller's channel
         except DownstreamError:
@@ -660,7 +675,53 @@ class Downstream:
             for key in sorted(await self.proxies.keys() - wanted):
                 log.info("gc: removing the proxy of job number %s, which no tracked job needs", key)
                 await self.proxies.stop(key)
+        forgotten = self._forget_uncollected()
+        pending = self.journal.cleanups()
+        try:
+            orphans = await self._orphans()
+        except DownstreamError as exc:
+            log.warning("gc: could not list the jobs' files: %s", exc)
+            orphans = []
+        if orphans:
+            log.info("gc: %d job(s) left files that nobody will collect (neither tracked nor known to Slurm, "
+                     "older than %s): %s", len(orphans), hms(int(self.gc_age)), ", ".join(orphans))
+        todo = list(dict.fromkeys(pending + forgotten + orphans))
+        for start in range(0, len(todo), GC_BATCH):
+            batch = todo[start:start + GC_BATCH]
+            if await self._clean(batch):
+                log.info("gc: removed the files of job(s) %s", ", ".join(batch))
         return True
+
+    def _forget_uncollected(self) -> list[str]:
+        """Finished jobs whose /exitstatus upstream never asked for within ``gc_age``: upstream has moved on."""
+        wall, forgotten = self.wall(), []
+        for outcome in self.journal.outcomes():
+            if wall - outcome.record.get("at", wall) <= self.gc_age:
+                continue
+            job = self.book.get(outcome.jobid)
+            if job is not None and job.final:
+                self.book.forget(job)
+            self.journal.collected(outcome.jobid)
+            forgotten.append(outcome.jobid)
+            log.info("gc: job %s (%s) finished %s ago and upstream never collected it: forgotten", outcome.jobid,
+                     outcome.name, hms(int(wall - outcome.record["at"])), extra=job_extra(outcome.name, outcome.jobid))
+        return forgotten
+
+    async def _orphans(self) -> list[str]:
+        """Job ids with files in the jobs dir that no tracked job and no job Slurm lists owns, old enough.
+
+        Only from a fresh, complete snapshot and with no submit in doubt: a job that exists but is not
+        yet seen must never lose its files (the age limit protects it too)."""
+        try:
+            self.require_fresh()
+        except ClusterUnavailable:
+            return []
+        if self.book.limbo():
+            return []
+        files = await self._upstream(self.slurm.job_files)
+        known = self._in_slurm | {job.jobid for job in self.book if job.jobid}
+        wall = self.wall()
+        return sorted((j for j, mtime in files.items() if j not in known and wall - mtime > self.gc_age), key=int)
 
 
 def job_identity(args: Mapping[str, object]) -> tuple[str, int, str]:

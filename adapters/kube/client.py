@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from adapters.errors import ClusterUnavailable, CommandFailed
-from config.settings import ConfigError
+from config.settings import ConfigError, OutboundHTTP
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -77,8 +77,13 @@ LEASES = Kind("CoordinationV1Api", "lease", "leases")
 _TRANSIENT = {0, 408, 429, 500, 502, 503, 504}
 
 
-def _configure(api_url: str, retries: int) -> ApiClient:
-    """Build the official client's configuration; runs in a thread (imports and file reads block)."""
+def _configure(api_url: str, retries: int, outbound: OutboundHTTP | None = None) -> ApiClient:
+    """Build the official client's configuration; runs in a thread (imports and file reads block).
+
+    ``outbound``: the pod's egress proxy (lowercase ``https_proxy``/``http_proxy``, ``no_proxy``) and the
+    site's root CA (``REQUESTS_CA_BUNDLE``), as the JARVICE chart passes them; an in-cluster configuration
+    keeps its own service-account CA.
+    """
     from kubernetes import client, config
 
     cfg = client.Configuration()
@@ -97,6 +102,12 @@ def _configure(api_url: str, retries: int) -> ApiClient:
                     "JARVICE_SLURM_KUBE_API",
                     f"is not set, this is not a pod ({not_a_pod}) and KUBECONFIG gives no cluster ({no_kubeconfig})",
                 ) from None
+    if outbound is not None:
+        proxy = outbound.https_proxy if str(cfg.host).startswith("https:") else outbound.http_proxy
+        if proxy:
+            cfg.proxy, cfg.no_proxy = proxy, outbound.no_proxy or None
+        if outbound.ca_bundle and not cfg.ssl_ca_cert:
+            cfg.ssl_ca_cert = outbound.ca_bundle
     # connection errors only: urllib3 never retries a POST whose request was sent
     cfg.retries = retries
     return client.ApiClient(cfg)
@@ -150,8 +161,9 @@ class KubeClient:
         self._apis: dict[str, Any] = {}
 
     @classmethod
-    async def open(cls, api_url: str = "", *, timeout: float = 10.0, threads: int = 8, retries: int = 1) -> KubeClient:
-        api = await trio.to_thread.run_sync(_configure, api_url, retries)
+    async def open(cls, api_url: str = "", *, timeout: float = 10.0, threads: int = 8, retries: int = 1,
+                   outbound: OutboundHTTP | None = None) -> KubeClient:
+        api = await trio.to_thread.run_sync(_configure, api_url, retries, outbound)
         return cls(api, timeout=timeout, threads=threads)
 
     @property

@@ -68,8 +68,11 @@ def _known_hosts_text(settings: Settings) -> str:
     """Proxy pods do not have the daemon's files: pass the host keys themselves."""
     value = settings.ssh_known_hosts or ""
     if value and "\n" not in value:
-        with open(value, encoding="utf-8") as handle:
-            value = handle.read()
+        try:
+            with open(value, encoding="utf-8") as handle:
+                value = handle.read()
+        except FileNotFoundError:  # trust on first use, and the login node has not been reached yet
+            value = ""
     value = "\n".join(line for line in value.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     if not value and not settings.ssh_insecure_host_key:
         raise ConfigError(
@@ -108,6 +111,7 @@ def spec_from_settings(
         ingress_class=proxy.ingress_class,
         ingress_annotations=proxy.ingress_annotations,
         cert_issuer=proxy.cert_issuer,
+        cert_cluster_issuer=proxy.cert_cluster_issuer,
         tolerations=tuple(tolerations),
         image_pull_secrets=image_pull_secrets,
     )

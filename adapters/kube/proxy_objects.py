@@ -66,7 +66,8 @@ class ProxyPodSpec:
     log_format: str = "text"
     ingress_class: str = ""
     ingress_annotations: tuple[tuple[str, str], ...] = ()
-    cert_issuer: str = ""
+    cert_issuer: str = ""  # a namespaced cert-manager Issuer
+    cert_cluster_issuer: str = ""  # a cert-manager ClusterIssuer (the JARVICE chart sets one or the other)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     image_pull_secrets: tuple[str, ...] = ()
 
@@ -195,7 +196,9 @@ def ingress(spec: ProxyPodSpec, key: str, job_name: str = "", owner: Mapping[str
     host = spec.domain.host_for(key)
     annotations = dict(spec.ingress_annotations)
     if spec.cert_issuer:
-        annotations["cert-manager.io/cluster-issuer"] = spec.cert_issuer
+        annotations["cert-manager.io/issuer"] = spec.cert_issuer
+    if spec.cert_cluster_issuer:
+        annotations["cert-manager.io/cluster-issuer"] = spec.cert_cluster_issuer
     metadata: dict[str, Any] = {"name": object_name(key), "namespace": spec.namespace, "labels": spec.labels(key, job_name)}
     if annotations:
         metadata["annotations"] = annotations
@@ -224,6 +227,6 @@ def ingress(spec: ProxyPodSpec, key: str, job_name: str = "", owner: Mapping[str
     }
     if spec.ingress_class:
         body["spec"]["ingressClassName"] = spec.ingress_class
-    if spec.cert_issuer:
+    if spec.cert_issuer or spec.cert_cluster_issuer:
         body["spec"]["tls"] = [{"hosts": [host], "secretName": spec.tls_secret(key)}]
     return body

@@ -7,6 +7,7 @@ contract tests (``tests/contract``) runs against both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from adapters.jobscript import Submission
@@ -40,6 +41,8 @@ class SlurmBackend(Protocol):
 
     async def tail(self, jobid: str, lines: int = ...) -> str | None: ...
 
-    async def cleanup(self, jobid: str) -> None: ...
+    async def cleanup(self, jobids: Sequence[str]) -> None: ...
+
+    async def job_files(self) -> dict[str, float]: ...
 
     async def list_dir(self, path: str, details: bool) -> str: ...

@@ -11,12 +11,13 @@ import logging
 import re
 import secrets
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
-from adapters.jobscript import JOBID_RE, NAME_RE, Submission, jobs_dir_of
+from adapters.jobscript import JOBID_RE, NAME_RE, Submission, job_tree_of, jobs_dir_of
 from adapters.slurm import parsers
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.slurm.probe import ProbeFacts, probe
@@ -128,7 +129,7 @@ class _PendingSubmit:
 
 class SlurmClient:
     def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto",
-                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS) -> None:
+                 shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS, job_group: str = "") -> None:
         self.runner = runner
         self.shells = shells if max_shells > 0 else None  # where sbatch runs without a session per job
         self._idle_shells: list[Shell] = []
@@ -136,6 +137,7 @@ class SlurmClient:
         self._max_shells = max_shells
         self._lines: dict[str, SlurmJob] = {}  # the last poll's squeue lines, parsed (parse_squeue_counting's memo)
         self.user = user
+        self.job_group = job_group  # the jobs' files are readable by this group (setgid jobs dir, umask 027)
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
         self._submits: list[_PendingSubmit] = []
@@ -170,7 +172,9 @@ class SlurmClient:
             if not facts.home:
                 raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
             self.scratch_dir = facts.home
-        await self._run(f"mkdir -p {shlex.quote(self.jobs_dir)} && test -w {shlex.quote(self.jobs_dir)}")
+        jobs_dir = shlex.quote(self.jobs_dir)
+        share = f" && chgrp {shlex.quote(self.job_group)} {jobs_dir} && chmod 2750 {jobs_dir}" if self.job_group else ""
+        await self._run(f"mkdir -p {jobs_dir} && test -w {jobs_dir}{share}")
         if self.accounting == "auto":  # what works, not what slurm.conf promises (slurmdbd may be down)
             self.accounting = facts.accounting
         return ClusterInfo(version=facts.step("version").first_line, home=facts.home, config=dict(facts.config),
@@ -335,9 +339,21 @@ class SlurmClient:
         )
         return result.stdout if result.ok else None
 
-    async def cleanup(self, jobid: str) -> None:
-        files = " ".join(self._file(jobid, s) for s in ("out", "rc", "job.sh"))
-        await self._run(f"rm -f {files}")
+    async def cleanup(self, jobids: Sequence[str]) -> None:
+        """Remove what each job left in the jobs dir: output, rc file, script, and the per-job tree its
+        JARVICE script made (read-only directories inside it included). Removing nothing is success."""
+        if not jobids:
+            return
+        jobs_dir = shlex.quote(self.jobs_dir)
+        files = " ".join(f"{jobs_dir}/{_check_jobid(j)}.*" for j in jobids)  # .out .rc .job.sh .rc.<node> ...
+        trees = " ".join(shlex.quote(job_tree_of(self.scratch_dir, j)) for j in jobids)
+        await self._run(f"chmod -R u+w -- {trees} 2>/dev/null; rm -rf -- {files} {trees}")
+
+    async def job_files(self) -> dict[str, float]:
+        """Job ids that have files in the jobs dir, each with its newest modification time (epoch seconds)."""
+        jobs_dir = shlex.quote(self.jobs_dir)
+        result = await self._run(f"cd {jobs_dir} 2>/dev/null || exit 0; find . -mindepth 1 -maxdepth 2 -printf '%P\\t%T@\\n'")
+        return parsers.parse_job_files(result.stdout)
 
     async def list_dir(self, path: str, details: bool) -> str:
         """``pvcls``: one entry per line, prefixed ``/data``, directories with a trailing /."""

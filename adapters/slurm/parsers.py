@@ -246,3 +246,24 @@ def min_job_age(config: dict[str, str]) -> int | None:
 def parse_rc(text: str) -> int | None:
     text = text.strip()
     return int(text) if re.fullmatch(r"-?\d{1,5}", text) else None
+
+
+_JOB_FILE_RE = re.compile(r"^(?:jobs/)?([0-9]{1,12})(?:\.[^/]*)?\Z")
+
+
+def parse_job_files(text: str) -> dict[str, float]:
+    """``find -printf '%P\\t%T@\\n'`` in the jobs dir: ``<id>.out``, ``<id>.rc``, ``jobs/<id>`` ... -> newest
+    mtime per job id. Other entries (``jobs`` itself, a site's own files) are no job's."""
+    newest: dict[str, float] = {}
+    for line in text.splitlines():
+        path, _, mtime = line.rpartition("\t")
+        m = _JOB_FILE_RE.match(path)
+        if not m or (path.startswith("jobs/") and "." in path):
+            continue
+        try:
+            when = float(mtime)
+        except ValueError:
+            continue
+        jobid = str(int(m[1]))
+        newest[jobid] = max(when, newest.get(jobid, when))
+    return newest

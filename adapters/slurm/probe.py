@@ -41,6 +41,7 @@ squeue_() {{
 }}
 singularity_() {{ command -v singularity || return 127; t singularity --version; }}
 socat_() {{ command -v socat; }}
+resize2fs_() {{ command -v resize2fs; }}
 scratch_() {{
   printf '%s\n' "$scratch"
   [ -d "$scratch" ] || {{ echo missing; return 0; }}
@@ -62,6 +63,7 @@ step sacct sacct_
 step jobcomp jobcomp_
 step singularity singularity_
 step socat socat_
+step resize2fs resize2fs_
 step scratch scratch_
 printf '%s end 0\n' "$M"
 """
@@ -161,6 +163,12 @@ class ProbeFacts:
     @property
     def socat(self) -> str:
         s = self.step("socat")
+        return s.first_line if s.ok else ""
+
+    @property
+    def resize2fs(self) -> str:
+        """Where ``resize2fs`` is on the service user's PATH; "" when it is not (Debian keeps it in /usr/sbin)."""
+        s = self.step("resize2fs")
         return s.first_line if s.ok else ""
 
     @property

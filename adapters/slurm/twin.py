@@ -17,9 +17,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from time import time as wall_clock
 
 import trio
 
@@ -80,6 +81,8 @@ class SimulatedSlurm:
     commands: Counter = field(default_factory=Counter)
     in_flight: Counter = field(default_factory=Counter)  # commands running now, by name
     most_in_flight: Counter = field(default_factory=Counter)  # the most at once, by name
+    files: dict[str, float] = field(default_factory=dict)  # job id -> newest mtime of its files in the jobs dir
+    wall: Callable[[], float] = wall_clock  # stamps those files, as the nodes' clocks would
     link_up: bool = True
     view_in_thread: bool = False  # build poll answers in a worker thread, as the real client parses them
     clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
@@ -107,6 +110,7 @@ class SimulatedSlurm:
             raise ValueError(f"job {jobid} cannot start from {job.code}{' (held)' if job.held else ''}")
         job.code, job.reason, job.started = "R", "None", self.time
         job.nodes = self.nodes[: max(1, min(job.nodes_wanted, len(self.nodes)))]
+        self.files[jobid] = self.wall()  # its script writes its output, its tree, then its rc file
 
     def finish(self, jobid: str, rc: int = 0) -> None:
         """Task 0 ends with ``rc``: the job writes its exit-code file and completes (or fails)."""
@@ -289,12 +293,19 @@ class SimulatedSlurm:
             return None
         return "".join(job.output.splitlines(keepends=True)[-lines:])
 
-    async def cleanup(self, jobid: str) -> None:
+    async def cleanup(self, jobids: Sequence[str]) -> None:
         fault = await self._command("rm")
-        for job in (self.jobs.get(jobid), self.accounted.get(jobid)):
-            if job is not None:
-                job.output, job.rc = "", None
+        for jobid in jobids:
+            self.files.pop(jobid, None)
+            for job in (self.jobs.get(jobid), self.accounted.get(jobid)):
+                if job is not None:
+                    job.output, job.rc = "", None
         self._lost(fault)
+
+    async def job_files(self) -> dict[str, float]:
+        fault = await self._command("ls")
+        self._lost(fault)
+        return dict(self.files)
 
     async def list_dir(self, path: str, details: bool) -> str:
         await self._command("ls")

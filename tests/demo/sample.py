@@ -37,10 +37,13 @@ POLL = 0.5  # seconds between looks at /queued, /running, /runstatus
 TIMEOUT = 60.0  # the job must have finished by then
 EVENTS_LINES = 8
 
-# The job, as upstream would send it: plain bash here (there is no Singularity).
+# The job, as upstream would send it (tests/support/upstream.py): a script in the shape of
+# JARVICE's own, which pulls the app image, runs the app below in Singularity on the first
+# node (the test cluster's `singularity` is a stand-in that runs it on the node) and then
+# prints JARVICE_CMD_SUCCESS or JARVICE_CMD_FAILURE: that marker, not the exit code, tells
+# whether the app succeeded. The other node runs WORKER, JARVICE's worker part.
 # Upstream fills the script with str.format, so literal braces are doubled:
 # ${{JOB_NNODES}} reaches bash as ${JOB_NNODES}, awk's {{ }} as { }.
-# Every node runs it (one srun task per node); both write to the same output.
 BODY = r"""
 echo "task ${{PROCESS_PROCID}} of Slurm job ${{JOB_JOBID}} on ${{PROCESS_NODENAME}}:" \
      "one of ${{JOB_NNODES}} nodes (${{JOB_JOB_FORMATED_NODELIST}})"
@@ -50,6 +53,7 @@ sleep 3
 echo "task ${{PROCESS_PROCID}} on ${{PROCESS_NODENAME}}: done"
 exit 0
 """
+WORKER = 'echo "task ${{PROCESS_PROCID}} on ${{PROCESS_NODENAME}}: worker, ready for the app on task 0"'
 
 
 def server_key() -> tuple[str, str]:
@@ -182,7 +186,7 @@ def main() -> int:
 
         print(f"sample: submitting {name} (number {number}, 2 nodes) to {URL} as upstream user {user!r}")
         clock = Clock()
-        jobid, fscript = up.call("/submit", submit_args(name, number, BODY, nodes=2))
+        jobid, fscript = up.call("/submit", submit_args(name, number, BODY, nodes=2, worker=WORKER))
         ids = {"name": name, "number": number, "jobid": jobid}
         clock.say(f"job {jobid}: submitted (Slurm job name jarvice_{name}; batch script {len(fscript)} bytes)")
 

@@ -86,7 +86,8 @@ async def test_held_job_waits_until_released(daemon: Daemon) -> None:
 async def test_two_node_job_runs_one_task_per_node(daemon: Daemon) -> None:
     name = unique_name("2n")
     body = 'echo "task $PROCESS_PROCID on $PROCESS_NODENAME of $JOB_NNODES: $JOB_JOB_FORMATED_NODELIST"; sleep 2'
-    jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 15, body, nodes=2))
+    # the app runs on task 0; JARVICE's worker part on the other node prints the same line
+    jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 15, body, nodes=2, worker=body))
     await daemon.wait_phase(name, "running")
     nodes, *_ = await daemon.upstream.call("/runstatus", ids(name, 15, jobid))
     assert sorted(nodes) == ["node1", "node2"]

@@ -26,6 +26,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -217,10 +218,14 @@ async def test_an_interactive_job_gets_a_proxy_pod_and_its_url_once_the_pod_is_r
         api.rollout(NS, name, ready=True)
         got = await wait_until(lambda: info_url(daemon, ids), "info's URL once the pod is ready", 30)
         assert got == url.format(n=number)
-        # what the Ingress forwards to the Service reaches the user's job through the pod
+        # what the Ingress forwards to the Service (the path as the browser asked it: a path-based ingress does
+        # not strip the prefix) reaches the user's job through the pod; the app serves under the path it was told
+        served_at = urlsplit(got).path
         async with httpx.AsyncClient(timeout=10) as browser:
-            page = (await browser.get(f"http://127.0.0.1:{pod.port}/")).text
-        assert f"job {ids['jobid']}<" in page
+            page = await browser.get(f"http://127.0.0.1:{pod.port}{served_at}")
+            outside = await browser.get(f"http://127.0.0.1:{pod.port}/elsewhere/")
+        assert page.status_code == 200 and f"job {ids['jobid']}<" in page.text
+        assert outside.status_code == 404  # the app serves under its ingress path only (at / when host based)
 
         # upstream terminates the job: its three objects (and the pod) go, the URL with them
         assert await daemon.upstream.call("/terminate", ids) is True

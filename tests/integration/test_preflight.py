@@ -3,8 +3,10 @@
 The checks must agree with what Slurm itself says (``scontrol show config`` run on
 the host), and the failures an operator meets must be reported for real: a
 scratch dir the service user cannot write, one that does not exist, overlay size
-0 without singularity (the test cluster has none, like most login nodes), and a
-poll interval too long for the cluster's MinJobAge.
+0 with a Singularity too old to run without an overlay, and a poll interval too
+long for the cluster's MinJobAge. The test cluster's ``singularity`` is the stand-in
+``tests/cluster/singularity`` (SingularityCE cannot be installed here); its version
+is what it says it is, and a private sshd makes it say an old one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from daemon.preflight import Check, exit_code, format_checks, run_preflight
 from daemon.server import open_ssh
 from tests.integration.conftest import settings, slurm
 from tests.support.cluster import current
+from tests.support.processes import PrivateSSHD
 
 pytestmark = pytest.mark.cluster
 
@@ -33,8 +36,9 @@ async def preflight(poll_interval: float | None = None, **env: str) -> dict[str,
     return {c.name: c for c in checks}
 
 
-def login_has(command: str) -> bool:
-    return slurm("sh", "-c", f"command -v {command}").returncode == 0
+def login_which(command: str) -> str:
+    """Where ``command`` is on the login node's PATH ("" if nowhere)."""
+    return slurm("sh", "-c", f"command -v {command}").stdout.strip()
 
 
 def cluster_config() -> dict[str, str]:
@@ -62,8 +66,10 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
     assert checks["squeue"].level == "ok"
     assert checks["scratch dir"].level == "ok" and checks["flock"].level == "ok"
     assert checks["socat"] == Check("socat", "ok", shutil.which("socat"))
-    # a login node without singularity (as most are) is a warning; with one (the stand-in, when installed) ok
-    assert checks["singularity"].level == ("ok" if login_has("singularity") else "warning")
+    assert login_which("singularity") == "/usr/local/bin/singularity"  # tests/cluster/up installs the stand-in
+    assert checks["singularity"] == Check("singularity", "ok", "singularity-ce 4.1.0 (/usr/local/bin/singularity)")
+    # tests/cluster/up puts Debian's /usr/sbin/resize2fs on the user's PATH, as the Helm docs ask
+    assert checks["resize2fs"] == Check("resize2fs", "ok", "/usr/local/bin/resize2fs (overlay images of 640 MiB)")
     assert exit_code(list(checks.values())) == 0
 
 
@@ -92,11 +98,22 @@ async def test_probe_leaves_no_file_in_the_scratch_dir() -> None:
     assert after <= before
 
 
-async def test_overlay_size_zero_without_singularity_is_an_error() -> None:
-    if login_has("singularity"):
-        pytest.skip("this login node has a singularity (the stand-in); the error needs a login node without")
+async def test_overlay_size_zero_needs_a_recent_singularity() -> None:
     checks = await preflight(JARVICE_SLURM_OVERLAY_SIZE="0")
+    assert checks["singularity"] == Check(
+        "singularity", "ok", "singularity-ce 4.1.0 (/usr/local/bin/singularity), runs without an overlay")
+    with current().workdir("preflight-old-singularity-") as wrappers:  # the login node runs what is in it
+        old = wrappers / "singularity"
+        old.write_text("#!/bin/bash\nSINGULARITY_STANDIN_VERSION=3.9.0 exec /usr/local/bin/singularity \"$@\"\n")
+        old.chmod(0o755)
+        sshd = PrivateSSHD(current().state, wrappers / "sshd", path_prefix=wrappers)
+        await sshd.start()
+        try:
+            checks = await preflight(JARVICE_SLURM_OVERLAY_SIZE="0", **sshd.env())
+        finally:
+            sshd.stop()
     assert checks["singularity"].level == "error"
+    assert checks["singularity"].detail.startswith(f"singularity-ce 3.9.0 ({old})")
     assert "JARVICE_SLURM_OVERLAY_SIZE=0 needs SingularityCE >= 3.11.3" in checks["singularity"].detail
     assert exit_code(list(checks.values())) == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -13,7 +14,7 @@ import trio
 from adapters.errors import AnswerLost, ClusterUnavailable, HostKeyRejected
 from adapters.ssh import ShellEnded, SSHClient
 from daemon.server import ssh_target
-from tests.integration.conftest import settings
+from tests.integration.conftest import settings, state
 
 
 def target(**changes: object):
@@ -138,4 +139,20 @@ async def test_an_open_shell_holds_a_session_slot_until_closed() -> None:
         assert waited.cancelled_caught  # MaxSessions is never exceeded: the command waits for the slot
         await shell.aclose()
         with trio.fail_after(5):
+            await ssh.run("true")
+
+
+async def test_with_no_host_key_given_the_first_one_is_pinned_and_then_required(tmp_path: Path) -> None:
+    """Trust on first use: the JARVICE chart passes no known_hosts. The key seen first is written, and a
+    login node showing another key later is refused as with any known_hosts file."""
+    pin = tmp_path / ".ssh" / "known_hosts"
+    async with SSHClient(target(known_hosts=str(pin), trust_on_first_use=True)) as ssh:
+        assert (await ssh.run("whoami")).stdout.strip() == "jarvice"
+    host_key = (state() / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    where = f"[{settings().cluster_addr}]:{settings().cluster_port}"
+    assert pin.read_text() == f"{where} ssh-ed25519 {host_key}\n"
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
+    pin.write_text(f"{where} {other[0]} {other[1]}\n")
+    async with SSHClient(target(known_hosts=str(pin), trust_on_first_use=True)) as ssh:
+        with pytest.raises(HostKeyRejected):
             await ssh.run("true")

@@ -8,6 +8,8 @@ answers:
 
 * ``GET /``: an HTML page naming the Slurm job and node (so a test can tell which job
   a proxy reached);
+* like JARVICE's web apps, it serves every path under ``/$JARVICE_INGRESSPATH/`` when that
+  is set (behind a path-based ingress, which does not strip the prefix) and 404s the rest;
 * ``GET /ws``: a WebSocket (RFC 6455) that echoes every text or binary message and
   answers pings; fragmented messages are refused with close code 1003;
 * ``GET /blob?bytes=N``: N bytes of a fixed pattern (downloads, for the benchmark);
@@ -40,6 +42,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_MESSAGE = 64 * 2**20
 _PATTERN = bytes(range(256)) * 256  # 64 KiB
 _progress = {"blob_bytes": 0}  # one int updated under the GIL; read by /progress
+# JARVICE_INGRESSPATH inside the container; outside one the job's environment has it as SINGULARITYENV_...
+_PREFIX = (os.environ.get("JARVICE_INGRESSPATH") or os.environ.get("SINGULARITYENV_JARVICE_INGRESSPATH", "")).strip("/")
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -118,24 +122,34 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # the job's output stays quiet; the tests look at the client side
 
+    def _path(self) -> str | None:
+        """The request's path below the ingress prefix; None when it is outside it."""
+        path = urlsplit(self.path).path
+        if not _PREFIX:
+            return path
+        if path == f"/{_PREFIX}" or path.startswith(f"/{_PREFIX}/"):
+            return path[len(_PREFIX) + 1:] or "/"
+        return None
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        if url.path == "/":
+        path = self._path()
+        if path == "/":
             self._reply(200, "text/html; charset=utf-8", page().encode())
-        elif url.path == "/ws":
+        elif path == "/ws":
             self._websocket()
-        elif url.path == "/blob":
+        elif path == "/blob":
             self._blob(int(parse_qs(url.query).get("bytes", ["0"])[0]))
-        elif url.path == "/progress":
+        elif path == "/progress":
             self._reply(200, "application/json", json.dumps(_progress).encode())
         else:
             self._reply(404, "text/plain", b"not found\n")
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path == "/stall":
+        if self._path() == "/stall":
             time.sleep(600)
             return
-        if urlsplit(self.path).path != "/sink":
+        if self._path() != "/sink":
             self._reply(404, "text/plain", b"not found\n")
             return
         left = int(self.headers.get("Content-Length", "0"))
@@ -269,13 +283,15 @@ def batch_script(port: int, name: str, *, minutes: int = 10, output: str = "/dev
 
 
 def upstream_body() -> str:
-    """The body of an upstream job script that serves this file on the port the daemon assigned.
+    """The app command of an upstream job script that serves this file on the port the daemon assigned.
 
-    Upstream fills its scripts with ``str.format``, so the source's braces are doubled.
+    It runs inside the container, where Singularity has turned the downstream's
+    ``SINGULARITYENV_JARVICE_SERVICE_PORT`` into ``JARVICE_SERVICE_PORT``. Upstream fills its
+    scripts with ``str.format``, so the source's braces are doubled.
     """
     with open(__file__, encoding="utf-8") as handle:
         source = handle.read().replace("{", "{{").replace("}", "}}")
-    return f'exec /usr/bin/python3 - "$SINGULARITYENV_JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
+    return f'exec /usr/bin/python3 - "$JARVICE_SERVICE_PORT" <<\'WEBJOB_PY\'\n{source}\nWEBJOB_PY'
 
 
 async def submit(run: Runner, port: int, name: str, *, minutes: int = 10) -> str:

@@ -43,7 +43,7 @@ def test_minimal_env_loads_with_defaults(env: dict[str, str], pem: str) -> None:
     assert s.log_level == logging.INFO
     assert s.executor == "singularity"
     assert s.service_port == 2228 and s.ssh_port == 2227
-    assert s.overlay_size == 600
+    assert s.overlay_size == 640  # the JARVICE chart's default
     assert s.ssh_insecure_host_key is False
     assert s.registry.local_registry == ""
 

@@ -12,7 +12,6 @@ import os
 import shlex
 import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +26,9 @@ ENV = ScriptEnvironment(scratch_dir="/scratch/jarvice")
 
 def make(body: str = "true", env: ScriptEnvironment = ENV, name: str = "20261123-x-alice_demo", number: int = 42,
          **kw: object) -> Submission:
-    return build(submit_args(name, number, body, **kw), "singularity", env)
+    """The wrapper around a plain script: ``body`` follows the placeholder, with no container,
+    so that the wrapper can run here without Slurm or Singularity."""
+    return build(submit_args(name, number, body, plain=True, **kw), "singularity", env)
 
 
 def raw_args(script: str | bytes, name: str = "job-1", executor: str = "singularity") -> dict:
@@ -305,11 +306,11 @@ def test_placeholder_is_replaced_by_the_exports() -> None:
     payload = payload_of(make())
     assert "{DOWNSTREAM_PARAMETERS}" not in payload
     exports = exports_of(payload)
-    assert exports["JARVICE_JOB_SCRATCH_DIR"] == "/scratch/jarvice"
+    assert exports["JARVICE_JOB_SCRATCH_DIR"] == "/scratch/jarvice/"  # scripts write ${DIR}.jarvice/...
     assert exports["JARVICE_APP_IMAGE"] == "docker://docker.io/library/ubuntu:22.04"
     assert exports["JARVICE_INIT_IMAGE"] == "docker://us-docker.pkg.dev/jarvice-system/images/initv2:latest"
     assert exports["JARVICE_CMD"] == "/bin/true"
-    assert exports["JARVICE_SINGULARITY_OVERLAY_SIZE"] == "600"
+    assert exports["JARVICE_SINGULARITY_OVERLAY_SIZE"] == "640"  # the JARVICE chart's default
 
 
 def test_overlay_device_overrides_the_site_default() -> None:
@@ -424,63 +425,7 @@ def test_body_cannot_end_the_here_document() -> None:
 
 
 # ------------------------------------------------------------------ running the batch script
-FAKE_SRUN = r"""#!/bin/bash
-# stand-in for srun: record the arguments, then run the command once per node as Slurm would
-printf '%s\n' "$@" > "$FAKE_LOG/srun.args"
-if [ -n "$FAKE_SRUN_FAIL" ]; then echo "srun: error: fake failure" >&2; exit "$FAKE_SRUN_FAIL"; fi
-while [ $# -gt 0 ] && [ "$1" != /bin/bash ]; do shift; done
-worst=0
-for ((i = 0; i < SLURM_NNODES; i++)); do
-  SLURM_PROCID=$i SLURMD_NODENAME=node$((i + 1)) SLURM_NTASKS=$SLURM_NNODES "$@"
-  rc=$?
-  [ "$rc" -gt "$worst" ] && worst=$rc
-done
-exit "$worst"
-"""
-
-FAKE_SCONTROL = r"""#!/bin/bash
-# stand-in for 'scontrol show hostnames LIST'
-[ "$1 $2" = "show hostnames" ] || exit 1
-case "$3" in
-  "node[1-2]") printf 'node1\nnode2\n' ;;
-  *) printf '%s\n' "$3" ;;
-esac
-"""
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    """A scratch dir and a PATH with fake srun and scontrol; returns a function running a submission."""
-    scratch = tmp_path / "scratch"
-    (scratch / ".jarvice").mkdir(parents=True)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bindir / name).write_text(text)
-        (bindir / name).chmod(0o755)
-
-    def run(sub: Submission, nnodes: int = 1, **extra_env: str) -> subprocess.CompletedProcess:
-        script = tmp_path / "batch.sh"
-        script.write_text(sub.batch_script)
-        environ = {
-            "PATH": f"{bindir}:/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "USER": "jarvice",
-            "LANG": "C",
-            "SLURM_JOB_ID": "4242",
-            "SLURM_NNODES": str(nnodes),
-            "SLURM_JOB_NODELIST": "node[1-2]" if nnodes == 2 else "node1",
-            "SLURM_SUBMIT_DIR": str(scratch),
-            "FAKE_LOG": str(tmp_path),
-            **extra_env,
-        }
-        return subprocess.run(["/bin/bash", str(script)], cwd=scratch, env=environ, capture_output=True,
-                              text=True, timeout=30)
-
-    run.scratch = scratch  # type: ignore[attr-defined]
-    run.tmp = tmp_path  # type: ignore[attr-defined]
-    return run
-
+# (the `cluster` fixture, in conftest.py, runs it with stand-ins for srun and scontrol)
 
 BODY = """\
 out="$JARVICE_JOB_SCRATCH_DIR/ran.$PROCESS_PROCID"

@@ -58,7 +58,7 @@ def make_settings(pem: str, api: KubeAPIStandIn, **extra: str) -> Settings:
         "JARVICE_JOBS_DOMAIN": "jarvice.example.com/job$",
         "JARVICE_JOBS_INGRESS_CLASS": "traefik",
         "JARVICE_JOBS_INGRESS_ANNOTATIONS": '{"traefik.ingress.kubernetes.io/router.entrypoints": "websecure"}',
-        "JARVICE_JOBS_INGRESS_CERT_ISSUER": "letsencrypt-prod",
+        "JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER": "letsencrypt-prod",
         "JARVICE_JOBS_TOLERATIONS": json.dumps(TOLERATIONS),
     }
     env.update(extra)
@@ -194,6 +194,22 @@ async def test_path_based_domain_gives_one_host_a_path_per_job_and_tls_from_the_
     assert status is not None and status.url == "https://jarvice.example.com/job1234/"
 
 
+async def test_a_namespaced_issuer_is_annotated_as_an_issuer_not_a_cluster_issuer(
+    api: KubeAPIStandIn, kube: KubeClient, pem: str
+) -> None:
+    """The JARVICE chart sets JARVICE_JOBS_INGRESS_CERT_ISSUER for an Issuer in the jobs' namespace, and
+    _CERT_CLUSTER_ISSUER for a ClusterIssuer; cert-manager finds neither under the other's annotation.
+    (Kubernetes API: the local stand-in, because no real API server can run on these machines.)"""
+    settings = make_settings(pem, api, JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER="",
+                             JARVICE_JOBS_INGRESS_CERT_ISSUER="jobs-ca")
+    await KubernetesProxies.from_settings(kube, settings).start(TARGET)
+    ingress = api.get("ingresses", NS, NAME)
+    assert ingress is not None
+    assert ingress["metadata"]["annotations"]["cert-manager.io/issuer"] == "jobs-ca"
+    assert "cert-manager.io/cluster-issuer" not in ingress["metadata"]["annotations"]
+    assert ingress["spec"]["tls"] == [{"hosts": ["jarvice.example.com"], "secretName": "jarvice-job-proxy-tls"}]
+
+
 async def test_host_based_domain_gives_each_job_a_host_and_a_certificate(
     api: KubeAPIStandIn, kube: KubeClient, pem: str
 ) -> None:
@@ -217,7 +233,7 @@ async def test_without_issuer_or_class_the_ingress_has_neither(api: KubeAPIStand
     """Empty settings mean the cluster's defaults: no class, no cert-manager annotation, no tls section.
     (Kubernetes API: the local stand-in, because no real API server can run on these machines.)"""
     settings = make_settings(pem, api, JARVICE_JOBS_INGRESS_CLASS="", JARVICE_JOBS_INGRESS_ANNOTATIONS="",
-                             JARVICE_JOBS_INGRESS_CERT_ISSUER="", JARVICE_JOBS_TOLERATIONS="[]")
+                             JARVICE_JOBS_INGRESS_CERT_CLUSTER_ISSUER="", JARVICE_JOBS_TOLERATIONS="[]")
     proxies = KubernetesProxies.from_settings(kube, settings)
     await proxies.start(TARGET)
     ingress = api.get("ingresses", NS, NAME)

@@ -48,6 +48,8 @@ Slurm accounting storage is disabled
 
 {MARK} socat 0
 /usr/bin/socat
+{MARK} resize2fs 0
+/usr/local/bin/resize2fs
 {MARK} scratch 0
 /tmp/slurm-downstream-testcluster/scratch
 writable
@@ -72,7 +74,8 @@ def with_config(key: str, value: str) -> str:
 def conf() -> Settings:
     pem = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
     return load({"JARVICE_SLURM_CLUSTER_ADDR": "login.example.org", "JARVICE_SLURM_SSH_PKEY": pem,
-                 "JARVICE_SCHED_SERVER_KEY": "u:p", "JARVICE_SLURM_SCRATCH_DIR": "/tmp/slurm-downstream-testcluster/scratch"})
+                 "JARVICE_SCHED_SERVER_KEY": "u:p", "JARVICE_SLURM_SCRATCH_DIR": "/tmp/slurm-downstream-testcluster/scratch",
+                 "JARVICE_SLURM_SSH_KNOWN_HOSTS": "login.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"})
 
 
 def judge(output: str, conf: Settings, poll: float = 2.0, **changes: object) -> dict[str, Check]:
@@ -193,6 +196,19 @@ def test_scratch_dir_problems(conf: Settings) -> None:
 def test_socat_missing_warns(conf: Settings) -> None:
     check = judge(with_step("socat", 1, ""), conf)["socat"]
     assert check.level == "warning" and "interactive" in check.hint
+
+
+def test_resize2fs_is_needed_only_with_overlay_images(conf: Settings) -> None:
+    assert judge(RECORDED, conf)["resize2fs"] == Check("resize2fs", "ok",
+                                                       "/usr/local/bin/resize2fs (overlay images of 640 MiB)")
+    missing = judge(with_step("resize2fs", 1, ""), conf)["resize2fs"]
+    assert missing.level == "warning" and "/usr/sbin" in missing.hint and "JARVICE_SLURM_OVERLAY_SIZE=0" in missing.hint
+    assert judge(with_step("resize2fs", 1, ""), conf, overlay_size=0)["resize2fs"].level == "ok"
+
+
+def test_a_host_key_trusted_on_first_use_warns(conf: Settings) -> None:
+    check = judge(RECORDED, conf, ssh_trust_on_first_use=True)["ssh"]
+    assert check.level == "warning" and "first use" in check.detail and "JARVICE_SLURM_SSH_KNOWN_HOSTS" in check.hint
 
 
 def test_insecure_host_key_warns(conf: Settings) -> None:
