@@ -149,7 +149,8 @@ async def test_with_no_host_key_given_the_first_one_is_pinned_and_then_required(
     async with SSHClient(target(known_hosts=str(pin), trust_on_first_use=True)) as ssh:
         assert (await ssh.run("whoami")).stdout.strip() == "jarvice"
     host_key = (state() / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
-    where = f"[{settings().cluster_addr}]:{settings().cluster_port}"
+    addr, port = settings().cluster_addr, settings().cluster_port
+    where = addr if port == 22 else f"[{addr}]:{port}"  # OpenSSH's known_hosts forms
     assert pin.read_text() == f"{where} ssh-ed25519 {host_key}\n"
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
     pin.write_text(f"{where} {other[0]} {other[1]}\n")
