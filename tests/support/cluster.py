@@ -29,8 +29,8 @@ VERSIONS: tuple[str, ...] = tuple(os.environ.get("SLURM_VERSIONS", "22.05").spli
 BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster")
 
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
-EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_interactive", "test_faults", "test_preflight",
-                 "test_topology"}
+EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
+                 "test_preflight", "test_topology"}
 
 
 def read_exports(env_file: Path) -> dict[str, str]:
