@@ -200,8 +200,11 @@ async def early_finish_watch(up: Upstream, jobs: list[Tracked]) -> AsyncIterator
 
     async def watch() -> None:
         while True:
+            # the jobs as they were before asking: one appended while the lists were on their way (a submit
+            # answered meanwhile) is not in them, and would look finished without having been asked about
+            candidates = list(jobs)
             status, queued, running = await lists(up)
-            gone = [j for j in list(jobs) if status == 200 and j.name not in confirmed
+            gone = [j for j in candidates if status == 200 and j.name not in confirmed
                     and told(j.name, queued, running)[0] == "finished"]
             if gone:
                 with contextlib.suppress(RuntimeError, trio.TooSlowError):  # squeue failed: ask again later
