@@ -48,7 +48,7 @@ exec bash -c "$cmd"
 
 
 class ControllerWatch:
-    """Whether slurmctld answered during the run: a local ``scontrol ping`` every half second.
+    """Whether slurmctld answered during the run: a ``scontrol ping`` on the login node every half second.
 
     The test cluster is shared: another suite's fault tests may stop slurmctld
     for a while. A measurement that overlaps such an outage is not a figure of
@@ -67,7 +67,7 @@ class ControllerWatch:
             t0 = time.perf_counter()
             up = False
             with trio.move_on_after(self.TIMEOUT):
-                result = await trio.run_process(["scontrol", "ping"], env=local_env(), capture_stdout=True,
+                result = await trio.run_process(on_login("scontrol", "ping"), env=local_env(), capture_stdout=True,
                                                 capture_stderr=True, check=False)
                 up = b"is UP" in result.stdout
             if not up and self.down_since is None:
@@ -103,12 +103,31 @@ def cluster_env() -> dict[str, str]:
 
 
 def local_env() -> dict[str, str]:
-    return dict(os.environ, SLURM_CONF=str(STATE / "etc" / "slurm.conf"), SLURM_TIME_FORMAT="standard")
+    return dict(os.environ, SLURM_TIME_FORMAT="standard")
+
+
+def on_login(*args: str) -> list[str]:
+    """argv running ``args`` as root on the test cluster's login node (its namespace, root and SLURM_CONF)."""
+    return [str(STATE / "bin" / "login"), *args]
+
+
+def login_host() -> str:
+    """The login node's address as the daemon reaches it."""
+    return cluster_env()["JARVICE_SLURM_CLUSTER_ADDR"]
+
+
+def shared_tmpdir(prefix: str) -> Path:
+    """A directory the login node sees at the same path (in the state dir), readable by the cluster's user."""
+    top = STATE / "tmp"
+    top.mkdir(mode=0o755, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=top))
+    path.chmod(0o755)
+    return path
 
 
 def slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """A Slurm command run locally as root: the benchmark's own view of the cluster."""
-    return subprocess.run(list(args), capture_output=True, text=True, env=local_env(), timeout=timeout)
+    """A Slurm command run as root on the login node: the benchmark's own view of the cluster."""
+    return subprocess.run(on_login(*args), capture_output=True, text=True, env=local_env(), timeout=timeout)
 
 
 def cancel(jobids: list[str]) -> None:
@@ -204,8 +223,8 @@ class CountingSSHD:
             raise ClusterMissing(f"{base} is missing; run tests/cluster/up")
         user = cluster_env().get("JARVICE_SLURM_SSH_USER", "jarvice")
         account = pwd.getpwnam(user)
-        self.dir = Path(tempfile.mkdtemp(prefix="slurm-downstream-bench."))
-        self.dir.chmod(0o755)  # the wrapper runs as the cluster user and appends to the log here
+        # on the login node, which sees the state dir; the wrapper runs as the cluster user and appends to the log here
+        self.dir = shared_tmpdir("bench-sshd.")
         self.commands_log = self.dir / "commands.log"
         self.commands_log.touch()
         os.chown(self.commands_log, account.pw_uid, account.pw_gid)
@@ -221,10 +240,11 @@ class CountingSSHD:
         self.sshd_log = self.dir / "sshd.log"
         host_key = (STATE / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
         self.known_hosts = self.dir / "known_hosts"
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}\n")
+        self.host = login_host()
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_key[0]} {host_key[1]}\n")
         self.known_hosts.chmod(0o644)
-        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(config)], check=True, capture_output=True, text=True)
-        subprocess.run(["/usr/sbin/sshd", "-f", str(config), "-E", str(self.sshd_log)], check=True,
+        subprocess.run(on_login("/usr/sbin/sshd", "-t", "-f", str(config)), check=True, capture_output=True, text=True)
+        subprocess.run(on_login("/usr/sbin/sshd", "-f", str(config), "-E", str(self.sshd_log)), check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -232,7 +252,7 @@ class CountingSSHD:
             if pid_file.is_file() and pid_file.read_text().strip():
                 self.pid = int(pid_file.read_text())
                 try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    socket.create_connection((self.host, self.port), timeout=1).close()
                     return self
                 except OSError:
                     pass
@@ -252,7 +272,8 @@ class CountingSSHD:
     def env(self, **overrides: str) -> dict[str, str]:
         """The daemon's environment: the test cluster's, pointed at this sshd."""
         env = cluster_env()
-        env.update(JARVICE_SLURM_CLUSTER_PORT=str(self.port), JARVICE_SLURM_SSH_KNOWN_HOSTS=str(self.known_hosts))
+        env.update(JARVICE_SLURM_CLUSTER_ADDR=self.host, JARVICE_SLURM_CLUSTER_PORT=str(self.port),
+                   JARVICE_SLURM_SSH_KNOWN_HOSTS=str(self.known_hosts))
         env.update(overrides)
         return env
 
@@ -262,7 +283,7 @@ class CountingSSHD:
         return ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-                f"{cluster_env().get('JARVICE_SLURM_SSH_USER', 'jarvice')}@127.0.0.1"]
+                f"{cluster_env().get('JARVICE_SLURM_SSH_USER', 'jarvice')}@{self.host}"]
 
     @staticmethod
     def _key_type() -> str:

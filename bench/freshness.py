@@ -23,7 +23,7 @@ from functools import partial
 
 import trio
 
-from bench.cluster import STATE, local_env
+from bench.cluster import STATE, local_env, on_login
 from bench.context import Context, Live
 from bench.daemon_proc import job_name, submit
 from bench.stats import median_of, ms, show, summary_ms
@@ -36,7 +36,7 @@ INTERVALS = (2.0, 0.5)
 
 
 async def _watch_slurm(names: set[str], seen: dict[str, dict[str, float]], periods: list[float], done: trio.Event) -> None:
-    command = ["squeue", "-h", "-t", "all", "-n", ",".join(f"jarvice_{n}" for n in sorted(names)), "-o", "%j %t"]
+    command = on_login("squeue", "-h", "-t", "all", "-n", ",".join(f"jarvice_{n}" for n in sorted(names)), "-o", "%j %t")
     last = time.perf_counter()
     while not done.is_set():
         t0 = time.perf_counter()
@@ -92,7 +92,7 @@ async def measure(ctx: Context, interval: float, seed: int) -> dict:
     async def release_all() -> None:
         for jobid in jobids:
             await trio.sleep(STAGGER * rng.uniform(0.5, 1.5))
-            await trio.run_process(["scontrol", "release", jobid], env=local_env(), capture_stdout=True)
+            await trio.run_process(on_login("scontrol", "release", jobid), env=local_env(), capture_stdout=True)
 
     def finished() -> bool:
         return all("end" in daemon_seen.get(n, {}) and "end" in slurm_seen.get(n, {}) for n in names)
@@ -129,8 +129,8 @@ async def measure(ctx: Context, interval: float, seed: int) -> dict:
 
 
 async def run(ctx: Context) -> dict:
-    if not (STATE / "etc" / "slurm.conf").is_file():
-        raise RuntimeError("no local Slurm configuration to watch the cluster with")
+    if not (STATE / "bin" / "login").is_file():
+        raise RuntimeError("no test cluster login node (bin/login) to watch the cluster from")
     rows = [await ctx.undisturbed(f"freshness at a {interval:g} s poll", partial(measure, ctx, interval, seed))
             for seed, interval in enumerate(INTERVALS)]
     table = []

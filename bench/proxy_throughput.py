@@ -3,8 +3,9 @@
 One real Slurm job runs tests/support/webjob.py on a compute node of the test
 cluster. The same service is then reached three ways:
 
-* ``direct``: straight to the node's port (possible here because the nodes are on
-  127.0.0.1; on a real site users cannot do this): the ceiling of client and service;
+* ``direct``: straight to the node's port from the login node's network namespace
+  (the daemon's cannot reach compute nodes, as on a real site; the load generator
+  runs there with ``nsenter``): the ceiling of client and service;
 * ``proxy``: LocalProxies in this process, over the daemon's SSHClient (asyncssh on
   its asyncio thread, one ``direct-tcpip`` channel per user connection);
 * ``ssh -L``: the OpenSSH client binary forwarding a local port through the same
@@ -126,8 +127,16 @@ def _client(host: str, port: int, mode: str, amount: int) -> dict:
     return {"samples": samples}
 
 
-async def _load(host: str, port: int, mode: str, amount: int) -> dict:
+def login_netns() -> str:
+    """The test cluster's login node namespace (tests/cluster/up writes NS=... to <state>/net)."""
+    ns = next(line.split("=", 1)[1] for line in (STATE / "net").read_text().splitlines() if line.startswith("NS="))
+    return f"/run/netns/{ns}-login"
+
+
+async def _load(host: str, port: int, netns: str | None, mode: str, amount: int) -> dict:
     argv = [sys.executable, __file__, "--client", host, str(port), mode, str(amount)]
+    if netns is not None:  # the client in that network namespace (same files, same python)
+        argv = ["nsenter", f"--net={netns}", *argv]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"load generator ({mode} to {host}:{port}) failed: {result.stderr.decode().strip()[-2000:]}")
@@ -162,7 +171,7 @@ async def ssh_forward(host: str, port: int) -> AsyncIterator[int]:
         proc.wait(timeout=10)
 
 
-async def _throughput(addr: tuple[str, int], mode: str) -> float:
+async def _throughput(addr: tuple[str, int, str | None], mode: str) -> float:
     rates = []
     for _ in range(REPS):
         r = await _load(*addr, mode, TRANSFER)
@@ -172,7 +181,7 @@ async def _throughput(addr: tuple[str, int], mode: str) -> float:
     return sorted(rates)[len(rates) // 2]
 
 
-async def _latency(addr: tuple[str, int], mode: str, count: int) -> dict[str, float]:
+async def _latency(addr: tuple[str, int, str | None], mode: str, count: int) -> dict[str, float]:
     samples = (await _load(*addr, mode, count))["samples"]
     return {"median_ms": percentile(samples, 50) * 1000, "p99_ms": percentile(samples, 99) * 1000, "n": len(samples)}
 
@@ -196,7 +205,8 @@ async def measure() -> dict:
                 url = (await proxies.start(ProxyTarget("bench", host, port))).url
                 proxy_port = int(url.rstrip("/").rsplit(":", 1)[1])
                 async with ssh_forward(host, port) as forwarded:
-                    paths = {"direct": (host, port), "proxy": ("127.0.0.1", proxy_port), "ssh -L": ("127.0.0.1", forwarded)}
+                    paths = {"direct": (host, port, login_netns()), "proxy": ("127.0.0.1", proxy_port, None),
+                             "ssh -L": ("127.0.0.1", forwarded, None)}
                     for mode in ("download", "upload"):
                         results["throughput_MBps"][mode] = {name: await _throughput(addr, mode)
                                                             for name, addr in paths.items()}
@@ -222,7 +232,7 @@ def _print(r: dict) -> None:
     show("proxy throughput (MB/s, 10^6 bytes/s, median of "
          f"{r['reps']} x {r['transfer_bytes'] // MiB} MiB)", ["direction", *PATHS, "proxy / ssh -L"],
          [[mode, *(tp[mode][p] for p in PATHS), tp[mode]["proxy"] / tp[mode]["ssh -L"]] for mode in tp],
-         ["direct: to the node's port without SSH (the ceiling of client and service on this machine)",
+         ["direct: to the node's port from the login node, without SSH (the ceiling of client and service here)",
           "proxy: LocalProxies over the daemon's asyncssh connection; ssh -L: the OpenSSH client binary"])
     lat, added = r["latency_ms"], r["added_latency_ms"]
     show("proxy latency per small HTTP request (GET /, ms)",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import shutil
 import time
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -33,7 +34,7 @@ import trio
 
 from adapters import jobscript
 from adapters.slurm.parsers import parse_sbatch
-from bench.cluster import cancel, local_env
+from bench.cluster import cancel, local_env, on_login, shared_tmpdir
 from bench.context import CONCURRENCY, Context, Live
 from bench.stats import median_of, ms, show, summary
 from config.settings import Settings, load
@@ -118,19 +119,20 @@ def _raw_shell(env: dict[str, str], count: int, name: str) -> tuple[float, list[
 
 
 async def _raw_local(env: dict[str, str], count: int, parallel: int, name: str, work: Path) -> tuple[float, list[str]]:
-    """``count`` sbatch run locally as root (a shell loop, or xargs -P): (seconds, job ids)."""
+    """``count`` sbatch run as root on the login node (a shell loop, or xargs -P): (seconds, job ids)."""
     sbatch_args, script = same_job(env, name)
-    script_file = work / "raw-job.sh"
+    script_file = shared_tmpdir("bench-raw.") / "raw-job.sh"  # where the login node sees it
     script_file.write_text(script)
     sbatch = "sbatch " + shlex.join([*sbatch_args, str(script_file)])
     if parallel == 1:
         loop = f"for i in $(seq {count}); do {sbatch}; done"
     else:
         loop = f"seq {count} | xargs -P {parallel} -I{{}} {sbatch}"
-    await trio.run_process(["bash", "-c", f"for i in $(seq {WARMUP}); do {sbatch}; done"], env=local_env(),
+    await trio.run_process(on_login("bash", "-c", f"for i in $(seq {WARMUP}); do {sbatch}; done"), env=local_env(),
                            capture_stdout=True)
     started = time.perf_counter()
-    done = await trio.run_process(["bash", "-c", loop], env=local_env(), capture_stdout=True, capture_stderr=True)
+    done = await trio.run_process(on_login("bash", "-c", loop), env=local_env(), capture_stdout=True, capture_stderr=True)
+    shutil.rmtree(script_file.parent, ignore_errors=True)
     seconds = time.perf_counter() - started
     return seconds, [parse_sbatch(line) for line in done.stdout.decode().split()]
 

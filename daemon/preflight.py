@@ -11,6 +11,7 @@ Every non-ok check carries a hint naming the setting or command that fixes it.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,7 +99,30 @@ def evaluate(facts: ProbeFacts, settings: Settings, poll_interval: float) -> lis
     else:
         checks.append(Check("socat", "warning", "socat is not on the login node's PATH",
                             "interactive jobs reach their web service through `socat` on the login node: install it"))
+    checks += _tested_range(facts)
     return checks
+
+
+# The Slurm versions the test suite runs on (tests/cluster/up SLURM_VERSION=...; README "The test clusters").
+TESTED_SLURM = ((22, 5), (24, 11), (26, 5))
+
+
+def _tested_range(facts: ProbeFacts) -> list[Check]:
+    """Whether the login node's Slurm is one the daemon is tested on; nothing when its version is unknown
+    (the "slurm version" check already says so)."""
+    m = re.match(r"(\d+)\.(\d+)", facts.slurm_version or "")
+    if not m:
+        return []
+    have = (int(m[1]), int(m[2]))
+    tested = ", ".join(f"{a}.{b:02d}" for a, b in TESTED_SLURM)
+    shown = f"{have[0]}.{have[1]:02d}"
+    if have in TESTED_SLURM:
+        return [Check("tested range", "ok", f"slurm {shown} is tested ({tested})")]
+    if TESTED_SLURM[0] <= have <= TESTED_SLURM[-1]:
+        return [Check("tested range", "ok", f"slurm {shown} is within the tested range ({tested})")]
+    return [Check("tested range", "warning", f"slurm {shown} is outside the tested range ({tested})",
+                  "squeue, sacct and scontrol output change between Slurm releases: run the daemon's test suite "
+                  "on this version first (README: The test cluster), or use a tested one")]
 
 
 def _config_checks(facts: ProbeFacts, poll_interval: float) -> list[Check]:

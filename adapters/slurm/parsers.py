@@ -233,6 +233,10 @@ def parse_config(output: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if sep and key.strip() and " " not in key.strip():
             config[key.strip()] = value.strip()
+    # Slurm 23.11 removed the accounting_storage/none plugin: 24.11 and 26.05 show an unset
+    # AccountingStorageType as "(null)" where 22.05 shows "accounting_storage/none"; both mean none.
+    if config.get("AccountingStorageType") == "(null)":
+        config["AccountingStorageType"] = "accounting_storage/none"
     return config
 
 

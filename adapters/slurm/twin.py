@@ -84,7 +84,7 @@ class SimulatedSlurm:
     files: dict[str, float] = field(default_factory=dict)  # job id -> newest mtime of its files in the jobs dir
     wall: Callable[[], float] = wall_clock  # stamps those files, as the nodes' clocks would
     link_up: bool = True
-    node_addresses: dict[str, str] = field(default_factory=dict)  # NodeAddr by node (default 127.0.0.1); may change
+    node_addresses: dict[str, str] = field(default_factory=dict)  # NodeAddr by node (default: its own 10.213.0.x); may change
     view_in_thread: bool = False  # build poll answers in a worker thread, as the real client parses them
     clock: Callable[[], float] = trio.current_time  # stamps Poll.started_at, as the real client does
     _faults: dict[str, list[Fault]] = field(default_factory=dict)
@@ -294,7 +294,10 @@ class SimulatedSlurm:
         self._lost(fault)
         if node not in self.nodes:
             raise CommandFailed("scontrol show node", 1, f"Node {node} not found")
-        return self.node_addresses.get(node, "127.0.0.1")  # by default every node lives on this host
+        # every simulated node is a host of its own on a private network, as in the test clusters
+        # (tests/cluster/up: compute nodes behind the login node); nothing ever connects to it.
+        # A test may change a node's address (cloud and power-saved nodes do): node_addresses.
+        return self.node_addresses.get(node, f"10.213.0.{11 + self.nodes.index(node)}")
 
     async def show_job(self, jobid: str) -> str:
         fault = await self._command("scontrol")

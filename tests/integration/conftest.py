@@ -1,9 +1,11 @@
-"""The daemon, in-process, on a real socket, against the real local test cluster.
+"""The daemon, in-process, on a real socket, against the real local test clusters.
 
 Nothing is replaced: the daemon speaks SSH to the OpenSSH server that
-``tests/cluster/up`` started on 127.0.0.1, which runs the real Slurm commands.
-The cluster must be up (``make test`` brings it up); a missing cluster is a
-failure, not a skip, so CI can never pass without running these tests.
+``tests/cluster/up`` started on the login node (its own network namespace), which runs
+the real Slurm commands. The clusters must be up (``make test`` brings them up); a
+missing cluster is a failure, not a skip, so CI can never pass without running these
+tests. The modules of ``tests.support.cluster.EVERY_VERSION`` run on every Slurm
+version of ``SLURM_VERSIONS``; ``current()`` is the cluster of the running test.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import trio
 
 from config.settings import Settings, load
 from daemon.server import serve
-from tests.support.cluster import read_exports
+from tests.support.cluster import current, generate_tests, read_exports, slurm_cluster  # noqa: F401 - a fixture
 from tests.support.upstream import Upstream
 
-STATE = Path(os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster"))
+pytest_generate_tests = generate_tests
+
+
+def state() -> Path:
+    """The state directory of the running test's cluster."""
+    return current().state
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,10 +43,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def cluster_env() -> dict[str, str]:
-    env_file = STATE / "daemon.env"
-    if not env_file.is_file():
-        pytest.fail(f"no test cluster: {env_file} is missing; run tests/cluster/up (make test does)")
-    return read_exports(env_file)
+    cluster = current()
+    if not cluster.env_file.is_file():
+        pytest.fail(f"no Slurm {cluster.version} test cluster: {cluster.env_file} is missing; "
+                    f"run SLURM_VERSION={cluster.version} tests/cluster/up (make test does)")
+    return read_exports(cluster.env_file)
 
 
 def settings(**overrides: str) -> Settings:
@@ -51,9 +59,9 @@ def settings(**overrides: str) -> Settings:
 
 
 def slurm(*args: str) -> subprocess.CompletedProcess:
-    """Ask the cluster directly (as root on the host), to check what the daemon did."""
-    env = dict(os.environ, SLURM_CONF=str(STATE / "etc" / "slurm.conf"), SLURM_TIME_FORMAT="standard")
-    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=30)
+    """Ask the cluster directly (as root on its login node), to check what the daemon did."""
+    env = dict(os.environ, SLURM_TIME_FORMAT="standard")
+    return subprocess.run(current().login(*args), capture_output=True, text=True, env=env, timeout=30)
 
 
 def unique_name(tag: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.integration.conftest import STATE, Daemon, settings, slurm, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, slurm, start_daemon, state, unique_name
 from tests.support.upstream import submit_args
 
 HMS = re.compile(r"^\d{2,}:\d{2}:\d{2}$")
@@ -45,7 +45,7 @@ async def test_successful_job_reports_rc0_output_and_elapsed(daemon: Daemon) -> 
     assert termination == "<< termination state: COMPLETED -- see STDOUT for job errors >>"
     # idempotent, and the job's files are collected
     assert await daemon.upstream.call("/exitstatus", ids(name, 11, jobid)) == answer
-    assert not list((STATE / "scratch" / ".jarvice").glob(f"{jobid}.*"))
+    assert not list((state() / "scratch" / ".jarvice").glob(f"{jobid}.*"))
     assert await daemon.upstream.call("/runstatus", ids(name, 11, jobid)) == [None, None, None, None]
 
 
@@ -92,8 +92,9 @@ async def test_two_node_job_runs_one_task_per_node(daemon: Daemon) -> None:
     nodes, *_ = await daemon.upstream.call("/runstatus", ids(name, 15, jobid))
     assert sorted(nodes) == ["node1", "node2"]
     await daemon.wait_phase(name, "finished")
-    rc, _, (log, _) = await daemon.upstream.call("/exitstatus", ids(name, 15, jobid))
-    assert rc == 0
+    rc, elapsed, (log, termination) = await daemon.upstream.call("/exitstatus", ids(name, 15, jobid))
+    assert rc == 0 and "COMPLETED" in termination
+    assert HMS.match(elapsed) and elapsed >= "00:00:02"
     assert "task 0 on node" in log and "task 1 on node" in log
     assert "of 2: node1 node2" in log
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.integration.conftest import STATE, cluster_env
+from tests.integration.conftest import cluster_env, state
 from tests.support.processes import CLI, DaemonProcess, free_port
 
 
@@ -93,7 +93,7 @@ async def test_the_image_command_starts_from_exactly_the_charts_environment(tmp_
         await daemon.kill()
     log = daemon.log_text()
     pinned = (tmp_path / ".ssh" / "known_hosts").read_text()
-    host_key = (STATE / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    host_key = (state() / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
     assert host_key in pinned, "the login node's key was not the one pinned on first use"
     assert "trusted on first use" in log
     assert "deprecated" not in log  # the chart uses today's names

@@ -10,7 +10,8 @@ import httpx
 import trio
 
 from daemon.server import serve
-from tests.integration.conftest import STATE, Daemon, cluster_env, settings, unique_name
+from tests.integration.conftest import Daemon, cluster_env, settings, state, unique_name
+from tests.support.cluster import current
 from tests.support.processes import CLI
 from tests.support.upstream import Upstream, submit_args
 
@@ -25,7 +26,8 @@ def test_check_reports_every_preflight_and_succeeds() -> None:
     result = run_cli("check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "+----- Slurm Scheduler init report -----+" in result.stdout
-    for line in ["ok      ssh             jarvice@127.0.0.1:", "ok      slurm version   slurm 22.05",
+    cluster = current()
+    for line in [f"ok      ssh             jarvice@{cluster.host}:", f"ok      slurm version   slurm {cluster.version}",
                  "ok      select type     select/cons_tres", "ok      scratch dir     ", "ok      flock ",
                  "ok      MinJobAge       ", "ok      squeue          ", "ok      accounting      sacct -c works"]:
         assert line in result.stdout
@@ -36,7 +38,7 @@ def test_check_reports_every_preflight_and_succeeds() -> None:
 def test_check_fails_when_the_cluster_cannot_be_reached() -> None:
     result = run_cli("check", JARVICE_SLURM_CLUSTER_PORT="1")
     assert result.returncode == 1
-    assert "error   ssh             SSH to 127.0.0.1:1 failed" in result.stdout
+    assert f"error   ssh             SSH to {current().host}:1 failed" in result.stdout
     assert "hint: check JARVICE_SLURM_CLUSTER_ADDR/PORT" in result.stdout
 
 
@@ -67,7 +69,7 @@ async def test_unreachable_cluster_answers_503_never_made_up_state(nursery: trio
 
 
 async def test_pvcls_lists_a_directory_on_the_cluster(daemon: Daemon) -> None:
-    top = STATE / "scratch" / f"pvcls-{unique_name('ls')}"
+    top = state() / "scratch" / f"pvcls-{unique_name('ls')}"
     (top / "sub").mkdir(parents=True)
     (top / "file.txt").write_text("12345")
     os.system(f"chown -R jarvice {top}")

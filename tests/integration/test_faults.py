@@ -13,7 +13,7 @@ runs as ``slurm-downstream serve`` and is SIGKILLed. Each test checks what upstr
   answer, is measured, printed (``pytest -s``), logged and appended as one JSON line per
   fault to ``$SLURM_DOWNSTREAM_FAULT_LOG`` (default /tmp/slurm-downstream-faults.jsonl).
 
-The shared sshd on port 2222 is never touched: SSH faults hit a private sshd set up like it
+The shared sshd on the login node's port 22 is never touched: SSH faults hit a private sshd set up like it
 (same host key, same user). slurmctld is shared: it is held down only until the daemon's
 snapshot has gone stale (about 10 s; 12 s at most), under the cluster lock so that a concurrent
 ``tests/cluster/up`` waits instead of rebuilding the cluster, and it is started again however
@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +38,8 @@ import pytest
 import trio
 
 from statemachines.slurm_states import PENDING_CODES, RUNNING_CODES, to_code
-from tests.integration.conftest import STATE, cluster_env, settings, start_daemon, unique_name
+from tests.integration.conftest import cluster_env, settings, start_daemon, state, unique_name
+from tests.support.cluster import current
 from tests.support.processes import CLI, DaemonProcess, PrivateSSHD, Slurmctld, free_port, squeue, wait_until
 from tests.support.upstream import Upstream, submit_args
 
@@ -77,12 +76,12 @@ async def slurm_jobs() -> dict[str, list[tuple[str, str]]]:
     duplicate is counted even after Slurm forgot it.
     """
     jobs: dict[str, dict[str, str]] = {}
-    jobcomp = STATE / "log" / "jobcomp.log"
+    jobcomp = state() / "log" / "jobcomp.log"
     for line in jobcomp.read_text(errors="replace").splitlines() if jobcomp.exists() else []:
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         if fields.get("Name", "").startswith("jarvice_"):
             jobs.setdefault(fields["Name"][len("jarvice_"):], {})[fields["JobId"]] = to_code(fields["JobState"])
-    for line in (await squeue(STATE, "-t", "all", "-o", "%A|%j|%t")).splitlines():
+    for line in (await squeue(state(), "-t", "all", "-o", "%A|%j|%t")).splitlines():
         jobid, name, code = line.strip().split("|")
         if name.startswith("jarvice_"):
             jobs.setdefault(name[len("jarvice_"):], {})[jobid] = code
@@ -201,8 +200,11 @@ async def early_finish_watch(up: Upstream, jobs: list[Tracked]) -> AsyncIterator
 
     async def watch() -> None:
         while True:
+            # the jobs as they were before asking: one appended while the lists were on their way (a submit
+            # answered meanwhile) is not in them, and would look finished without having been asked about
+            candidates = list(jobs)
             status, queued, running = await lists(up)
-            gone = [j for j in list(jobs) if status == 200 and j.name not in confirmed
+            gone = [j for j in candidates if status == 200 and j.name not in confirmed
                     and told(j.name, queued, running)[0] == "finished"]
             if gone:
                 with contextlib.suppress(RuntimeError, trio.TooSlowError):  # squeue failed: ask again later
@@ -311,7 +313,7 @@ class OutageProbe:
 async def slurm_state(jobid: str) -> tuple[str, str]:
     """(state code, reason) of one job, ("", "") once Slurm has purged it."""
     try:
-        out = await squeue(STATE, "-t", "all", "-j", jobid, "-o", "%t|%r")
+        out = await squeue(state(), "-t", "all", "-j", jobid, "-o", "%t|%r")
     except RuntimeError:
         return "", ""
     code, _, reason = out.strip().partition("|")
@@ -376,13 +378,10 @@ class OutageActions:
 # ---------------------------------------------------------------- fixtures
 @contextlib.contextmanager
 def wrapper_dir() -> Iterator[Path]:
-    """A directory the cluster's user can read (pytest's tmp_path is root-only), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="slurm-downstream-faults-"))
-    path.chmod(0o755)
-    try:
+    """A directory the login node sees and the cluster's user can read (pytest's tmp_path is root-only and,
+    for the versions in a Debian root, outside it), removed afterwards."""
+    with current().workdir("faults-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class SlowSbatch:
@@ -414,7 +413,7 @@ class SSHFault:
 async def ssh_fault() -> AsyncIterator[SSHFault]:
     """A private sshd (another port, the test cluster's config) whose sessions find a SlowSbatch first."""
     with wrapper_dir() as wrappers:
-        sshd = PrivateSSHD(STATE, wrappers / "sshd", path_prefix=wrappers)
+        sshd = PrivateSSHD(state(), wrappers / "sshd", path_prefix=wrappers)
         sbatch = SlowSbatch(wrappers)
         await sshd.start()
         try:
@@ -521,7 +520,7 @@ async def test_slurmctld_restarted_under_running_jobs(nursery: trio.Nursery) -> 
     """Stop slurmctld (state saved), keep it down until the daemon's snapshot is stale, start it as
     tests/cluster/up does: jobs run on across it, one that ended meanwhile gets its exit status,
     one submitted just before exists once, and a submit, terminate or release during the outage gets 503."""
-    ctld = Slurmctld(STATE)
+    ctld = Slurmctld(state())
     with trio.fail_after(100):
         jobs: list[Tracked] = []
         async with in_process(nursery) as up, early_finish_watch(up, jobs) as early:

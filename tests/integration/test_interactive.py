@@ -4,6 +4,8 @@ Everything is real: the daemon (local proxy mode) on a socket, SSH to the test
 cluster's sshd, a Slurm job running ``tests/support/webjob.py`` (HTTP + WebSocket)
 on the port the daemon assigned, and the user's HTTP and WebSocket connections
 going through the daemon's per-job proxy and an SSH direct-tcpip channel.
+The compute nodes sit behind the login node (tests/cluster/up), as in production:
+the job's service is reached through the login node or not at all.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.integration.conftest import Daemon, unique_name
+from tests.integration.conftest import Daemon, slurm, unique_name
+from tests.support.cluster import current
 from tests.support.upstream import submit_args
 from tests.support.webjob import upstream_body
 
@@ -77,3 +81,25 @@ async def test_an_interactive_job_is_reached_through_its_url(daemon: Daemon) -> 
     finally:
         for ids, _ in jobs:
             await daemon.upstream.call("/terminate", ids)
+
+
+async def test_the_service_on_a_compute_node_is_reached_only_through_the_proxy(daemon: Daemon) -> None:
+    name = unique_name("hidden")
+    jobid, fscript = await daemon.upstream.call("/submit", submit_args(name, 33, upstream_body(), interactive=True))
+    port = int(re.search(r"SINGULARITYENV_JARVICE_SERVICE_PORT=(\d+)", fscript)[1])
+    ids = {"name": name, "number": 33, "jobid": jobid}
+    try:
+        url = await info_url(daemon, ids)
+        node = slurm("squeue", "-h", "-j", jobid, "-o", "%N").stdout.strip()
+        addr = re.search(r"NodeAddr=(\S+)", slurm("scontrol", "-o", "show", "node", node).stdout)[1]
+        assert addr != current().host  # the node is a host of its own, not the login node
+        # the login node reaches the service (so it listens), at the address Slurm gives
+        probe = f"import socket; socket.create_connection(({addr!r}, {port}), 5).close()"
+        assert slurm("python3", "-c", probe).returncode == 0
+        # this process, in the daemon's network namespace, cannot: no route to the cluster's network
+        with trio.fail_after(10), pytest.raises(OSError):
+            await trio.open_tcp_stream(addr, port)
+        async with httpx.AsyncClient(timeout=10) as browser:  # the daemon's proxy, via the login node, can
+            assert f"job {jobid}" in (await browser.get(url)).text
+    finally:
+        await daemon.upstream.call("/terminate", ids)

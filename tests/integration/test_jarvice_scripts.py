@@ -22,11 +22,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.integration.conftest import STATE, Daemon, settings, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, start_daemon, state, unique_name
 from tests.support.upstream import submit_args
 
-SCRATCH = STATE / "scratch"
-JOBS = SCRATCH / ".jarvice" / "jobs"
+
+def scratch() -> Path:
+    """The running test's cluster's scratch dir, shared by its login and compute nodes."""
+    return state() / "scratch"
+
+
+def jobs_dir() -> Path:
+    return scratch() / ".jarvice" / "jobs"
 DAY = 86400
 
 
@@ -37,7 +43,7 @@ def ids(name: str, number: int, jobid: str) -> dict:
 @pytest.fixture
 def standin_log() -> Iterator[Path]:
     """This test's own log of the stand-in's calls, in the scratch dir the nodes share."""
-    path = SCRATCH / f".singularity-standin-{uuid.uuid4().hex[:12]}.log"
+    path = scratch() / f".singularity-standin-{uuid.uuid4().hex[:12]}.log"
     yield path
     path.unlink(missing_ok=True)
 
@@ -125,7 +131,7 @@ async def test_the_jobs_overlay_size_reaches_singularity(daemon: Daemon, standin
                                                   devices=["exclusive=False", device])
     assert rc == 0, output
     [app] = execs(standin_log, jobid)
-    overlay = JOBS / jobid / "overlay.0.img"
+    overlay = jobs_dir() / jobid / "overlay.0.img"
     if option == "--overlay":
         assert f" --overlay {overlay} " in app and "--writable-tmpfs" not in app
     else:
@@ -142,7 +148,7 @@ async def test_overlay_size_defaults_to_the_helm_charts_640_mb(standin_log: Path
                 jobid, _ = await d.upstream.call("/submit", submit_args(name, number, "echo overlay", extra=extra))
                 await d.wait_phase(name, "finished")
                 [app] = execs(standin_log, jobid)
-                overlay = JOBS / jobid / "overlay.0.img"
+                overlay = jobs_dir() / jobid / "overlay.0.img"
                 if setting:
                     assert " --writable-tmpfs " in app and "--overlay" not in app
                 else:
@@ -157,17 +163,17 @@ async def test_the_per_job_tree_lives_until_exitstatus(daemon: Daemon) -> None:
     trailing slash); /exitstatus removes that tree with the job's output, exit code and script."""
     name = unique_name("tree")
     jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 108, "echo in-tree; sleep 3"))
-    tree = JOBS / jobid
+    tree = jobs_dir() / jobid
     with trio.fail_after(60):
         while not (tree / "init" / "opt" / "JARVICE").is_dir():  # the init image's subfolders
             await trio.sleep(0.2)
-    assert not Path(f"{SCRATCH}.jarvice").exists()  # nothing lands next to the scratch dir
+    assert not Path(f"{scratch()}.jarvice").exists()  # nothing lands next to the scratch dir
     await daemon.wait_phase(name, "finished")
     assert tree.is_dir() and (tree / "overlay.0.img").is_file()
     rc, _, (output, _) = await daemon.upstream.call("/exitstatus", ids(name, 108, jobid))
     assert rc == 0 and "in-tree" in output
     assert not tree.exists()
-    assert not list((SCRATCH / ".jarvice").glob(f"{jobid}.*"))  # .out, .rc, .job.sh
+    assert not list((scratch() / ".jarvice").glob(f"{jobid}.*"))  # .out, .rc, .job.sh
 
 
 def as_cluster_user(*paths: Path) -> None:
@@ -185,11 +191,11 @@ def age_tree(tree: Path, age: float) -> None:
 
 def plant_tree(jobid: str, age: float) -> Path:
     """A per-job tree as a job would have left it, owned by the cluster's user, ``age`` seconds old."""
-    for parent in (SCRATCH / ".jarvice", JOBS):
+    for parent in (scratch() / ".jarvice", jobs_dir()):
         if not parent.exists():  # as the daemon and the jobs would create it
             parent.mkdir(mode=0o700)
             as_cluster_user(parent)
-    tree = JOBS / jobid
+    tree = jobs_dir() / jobid
     (tree / "init" / "opt" / "JARVICE").mkdir(parents=True)
     (tree / "init" / "init.0.sif").write_text("planted\n")
     as_cluster_user(tree, *tree.rglob("*"))
@@ -202,7 +208,7 @@ async def test_gc_sweeps_only_orphaned_trees_older_than_the_age(daemon: Daemon) 
     orphans (ids neither the daemon nor Slurm knows: above Slurm's default MaxJobId) go once old enough."""
     name = unique_name("gc")
     jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 109, "echo long-runner; sleep 120"))
-    running = JOBS / jobid
+    running = jobs_dir() / jobid
     await daemon.wait_phase(name, "running")
     with trio.fail_after(60):
         while not (running / "init" / "opt" / "JARVICE").is_dir():

@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 import trio
 
+from adapters.slurm.parsers import parse_config
 from daemon.preflight import Check, exit_code, format_checks, run_preflight
 from daemon.server import open_ssh
-from tests.integration.conftest import STATE, settings, slurm
+from tests.integration.conftest import settings, slurm
+from tests.support.cluster import current
 from tests.support.processes import PrivateSSHD
 
 pytestmark = pytest.mark.cluster
@@ -36,9 +36,13 @@ async def preflight(poll_interval: float | None = None, **env: str) -> dict[str,
     return {c.name: c for c in checks}
 
 
+def login_which(command: str) -> str:
+    """Where ``command`` is on the login node's PATH ("" if nowhere)."""
+    return slurm("sh", "-c", f"command -v {command}").stdout.strip()
+
+
 def cluster_config() -> dict[str, str]:
-    out = slurm("scontrol", "show", "config").stdout
-    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if _}
+    return parse_config(slurm("scontrol", "show", "config").stdout)
 
 
 async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
@@ -49,6 +53,8 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
     print(f"preflight took {took:.3f}s (connect + one round trip)")
     version = re.search(r"\d+\.\d+\.\d+", slurm("sbatch", "--version").stdout)[0]
     assert checks["slurm version"] == Check("slurm version", "ok", f"slurm {version}")
+    assert version.startswith(current().version + ".")  # the cluster runs the version it was brought up with
+    assert checks["tested range"] == Check("tested range", "ok", f"slurm {current().version} is tested (22.05, 24.11, 26.05)")
     assert checks["ssh"].level == "ok" and "host key verified" in checks["ssh"].detail
     # The seed requires cons_tres; the test cluster is configured with it.
     assert config["SelectType"] == "select/cons_tres"
@@ -60,7 +66,7 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
     assert checks["squeue"].level == "ok"
     assert checks["scratch dir"].level == "ok" and checks["flock"].level == "ok"
     assert checks["socat"] == Check("socat", "ok", shutil.which("socat"))
-    assert shutil.which("singularity") == "/usr/local/bin/singularity"  # the login node is this host
+    assert login_which("singularity") == "/usr/local/bin/singularity"  # tests/cluster/up installs the stand-in
     assert checks["singularity"] == Check("singularity", "ok", "singularity-ce 4.1.0 (/usr/local/bin/singularity)")
     # tests/cluster/up puts Debian's /usr/sbin/resize2fs on the user's PATH, as the Helm docs ask
     assert checks["resize2fs"] == Check("resize2fs", "ok", "/usr/local/bin/resize2fs (overlay images of 640 MiB)")
@@ -68,18 +74,14 @@ async def test_the_test_cluster_as_slurm_itself_describes_it() -> None:
 
 
 async def test_scratch_dir_the_service_user_cannot_write_is_an_error() -> None:
-    readonly = tempfile.mkdtemp(prefix="preflight-readonly-", dir="/tmp")
-    try:
-        os.chmod(readonly, 0o755)  # root's, readable by all, writable by root only
-        checks = await preflight(JARVICE_SLURM_SCRATCH_DIR=readonly)
+    with current().workdir("preflight-readonly-") as readonly:  # the login node's view; root's, mode 0755
+        checks = await preflight(JARVICE_SLURM_SCRATCH_DIR=str(readonly))
         assert checks["scratch dir"].level == "error"
         assert checks["scratch dir"].detail.startswith(f"{readonly} is not writable by jarvice: mktemp")
         assert "Permission denied" in checks["scratch dir"].detail
         assert "flock" not in checks
         assert exit_code(list(checks.values())) == 1
         assert os.listdir(readonly) == []  # nothing left behind
-    finally:
-        os.rmdir(readonly)
 
 
 async def test_missing_scratch_dir_is_an_error() -> None:
@@ -100,20 +102,16 @@ async def test_overlay_size_zero_needs_a_recent_singularity() -> None:
     checks = await preflight(JARVICE_SLURM_OVERLAY_SIZE="0")
     assert checks["singularity"] == Check(
         "singularity", "ok", "singularity-ce 4.1.0 (/usr/local/bin/singularity), runs without an overlay")
-    wrappers = Path(tempfile.mkdtemp(prefix="preflight-old-singularity-"))
-    try:
-        wrappers.chmod(0o755)  # the cluster's user runs what is in it
+    with current().workdir("preflight-old-singularity-") as wrappers:  # the login node runs what is in it
         old = wrappers / "singularity"
         old.write_text("#!/bin/bash\nSINGULARITY_STANDIN_VERSION=3.9.0 exec /usr/local/bin/singularity \"$@\"\n")
         old.chmod(0o755)
-        sshd = PrivateSSHD(STATE, wrappers / "sshd", path_prefix=wrappers)
+        sshd = PrivateSSHD(current().state, wrappers / "sshd", path_prefix=wrappers)
         await sshd.start()
         try:
             checks = await preflight(JARVICE_SLURM_OVERLAY_SIZE="0", **sshd.env())
         finally:
             sshd.stop()
-    finally:
-        shutil.rmtree(wrappers, ignore_errors=True)
     assert checks["singularity"].level == "error"
     assert checks["singularity"].detail.startswith(f"singularity-ce 3.9.0 ({old})")
     assert "JARVICE_SLURM_OVERLAY_SIZE=0 needs SingularityCE >= 3.11.3" in checks["singularity"].detail
@@ -133,4 +131,4 @@ async def test_poll_interval_too_long_for_min_job_age_warns() -> None:
 async def test_unreachable_login_node_is_one_ssh_error() -> None:
     checks = await preflight(JARVICE_SLURM_CLUSTER_PORT="1")
     assert list(checks) == ["ssh"]
-    assert checks["ssh"].level == "error" and "127.0.0.1:1" in checks["ssh"].detail
+    assert checks["ssh"].level == "error" and f"{current().host}:1" in checks["ssh"].detail

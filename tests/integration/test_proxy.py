@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,8 +32,9 @@ from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
 from daemon.server import open_ssh, ssh_target
-from tests.integration.conftest import STATE, cluster_env, settings, slurm
+from tests.integration.conftest import cluster_env, settings, slurm, state
 from tests.support import webjob
+from tests.support.cluster import current
 from tests.support.processes import CLI
 
 MiB = 2**20
@@ -281,34 +281,36 @@ async def strict_sshd(tmp_path: Path) -> AsyncIterator[SSHTarget]:
     """
     limit = settings().ssh_max_sessions
     port = free_port()
+    cluster = current()
     lines = []
-    for line in (STATE / "ssh" / "sshd_config").read_text().splitlines():
+    for line in (cluster.state / "ssh" / "sshd_config").read_text().splitlines():
         word = line.split(" ", 1)[0]
         if word in ("Port", "PidFile", "MaxSessions"):
             continue
         lines.append(line)
-    lines += [f"Port {port}", f"PidFile {tmp_path}/sshd.pid", f"MaxSessions {limit}"]
-    config = tmp_path / "sshd_config"
-    config.write_text("\n".join(lines) + "\n")
-    sshd = shutil.which("sshd", path="/usr/sbin:/usr/bin") or "/usr/sbin/sshd"
-    log = (tmp_path / "sshd.log").open("w")
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    try:
-        with trio.fail_after(10):
-            while True:
-                try:
-                    (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, (tmp_path / "sshd.log").read_text()
-                    await trio.sleep(0.05)
-        host_key = (STATE / "ssh" / "known_hosts").read_text().split()[1:3]
-        known = f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n"
-        yield replace(ssh_target(settings()), port=port, known_hosts=known)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+    with cluster.workdir("strict-sshd-") as workdir:  # the login node reads its config from there
+        lines += [f"Port {port}", f"PidFile {workdir}/sshd.pid", f"MaxSessions {limit}"]
+        config = workdir / "sshd_config"
+        config.write_text("\n".join(lines) + "\n")
+        log = (tmp_path / "sshd.log").open("w")
+        # on the login node (its namespace and root), as the cluster's own sshd runs
+        proc = subprocess.Popen(cluster.login("/usr/sbin/sshd", "-D", "-e", "-f", str(config)), stdout=log, stderr=log)
+        try:
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        (await trio.open_tcp_stream(cluster.host, port)).socket.close()
+                        break
+                    except OSError:
+                        assert proc.poll() is None, (tmp_path / "sshd.log").read_text()
+                        await trio.sleep(0.05)
+            host_key = (cluster.state / "ssh" / "known_hosts").read_text().split()[1:3]
+            known = f"[{cluster.host}]:{port} {host_key[0]} {host_key[1]}\n"
+            yield replace(ssh_target(settings()), port=port, known_hosts=known)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            log.close()
 
 
 def running_sleeps(marker: str) -> int:
@@ -371,7 +373,8 @@ async def test_tunnels_do_not_count_against_max_sessions(strict_sshd: SSHTarget,
 class Relay:
     """A TCP hop between the SSH client and the cluster's sshd, which the test cuts like a failing network would."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
         self._to = port
         self._scopes: set[trio.CancelScope] = set()
         self.port = 0
@@ -384,7 +387,7 @@ class Relay:
     async def _hop(self, client: trio.SocketStream) -> None:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
-            async with client, await trio.open_tcp_stream("127.0.0.1", self._to) as server:
+            async with client, await trio.open_tcp_stream(self._host, self._to) as server:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._copy, client, server)
                     nursery.start_soon(self._copy, server, client)
@@ -408,10 +411,11 @@ async def test_a_broken_ssh_path_closes_user_connections_cleanly_and_the_next_on
 ) -> None:
     job = await start_job()
     cluster = ssh_target(settings())
-    relay = Relay(cluster.port)
+    relay = Relay(cluster.host, cluster.port)
     await nursery.start(relay.run)
-    host_key = (STATE / "ssh" / "known_hosts").read_text().split()[1:3]
-    via_relay = replace(cluster, port=relay.port, known_hosts=f"[127.0.0.1]:{relay.port} {host_key[0]} {host_key[1]}\n")
+    host_key = (state() / "ssh" / "known_hosts").read_text().split()[1:3]
+    via_relay = replace(cluster, host="127.0.0.1", port=relay.port,
+                        known_hosts=f"[127.0.0.1]:{relay.port} {host_key[0]} {host_key[1]}\n")
     async with SSHClient(via_relay) as ssh:
         backend = LocalProxies(ssh, bind="127.0.0.1", public_host="127.0.0.1")
         await nursery.start(backend.run)
@@ -449,7 +453,8 @@ async def test_the_proxy_command_carries_a_job_like_a_pod_would(start_job, tmp_p
         [CLI, "proxy", "--listen", f"127.0.0.1:{port}", "--target", f"{job.host}:{job.port}",
          "--key", "501"], env=pod_env(), stderr=errors, stdout=errors)
     try:
-        expected = f"Started proxy to {job.host}:{job.port} via SSH 127.0.0.1:{cluster_env()['JARVICE_SLURM_CLUSTER_PORT']}"
+        via = f"{current().host}:{cluster_env()['JARVICE_SLURM_CLUSTER_PORT']}"
+        expected = f"Started proxy to {job.host}:{job.port} via SSH {via}"
         with trio.fail_after(30):
             while expected not in (tmp_path / "stderr").read_text():
                 assert proc.poll() is None, (tmp_path / "stderr").read_text()

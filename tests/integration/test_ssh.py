@@ -14,7 +14,7 @@ import trio
 from adapters.errors import AnswerLost, ClusterUnavailable, HostKeyRejected
 from adapters.ssh import ShellEnded, SSHClient
 from daemon.server import ssh_target
-from tests.integration.conftest import STATE, settings
+from tests.integration.conftest import settings, state
 
 
 def target(**changes: object):
@@ -46,7 +46,7 @@ async def test_stdin_reaches_the_remote_command_intact() -> None:
 
 async def test_unknown_host_key_is_refused_with_a_clear_log_line(caplog: pytest.LogCaptureFixture) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
-    known_hosts = f"[127.0.0.1]:{settings().cluster_port} {other[0]} {other[1]}\n"
+    known_hosts = f"{settings().cluster_addr} {other[0]} {other[1]}\n"  # the login node's port 22
     with caplog.at_level(logging.ERROR):
         async with SSHClient(target(known_hosts=known_hosts)) as ssh:
             with pytest.raises(HostKeyRejected):
@@ -148,8 +148,9 @@ async def test_with_no_host_key_given_the_first_one_is_pinned_and_then_required(
     pin = tmp_path / ".ssh" / "known_hosts"
     async with SSHClient(target(known_hosts=str(pin), trust_on_first_use=True)) as ssh:
         assert (await ssh.run("whoami")).stdout.strip() == "jarvice"
-    host_key = (STATE / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
-    where = f"[{settings().cluster_addr}]:{settings().cluster_port}"
+    host_key = (state() / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    addr, port = settings().cluster_addr, settings().cluster_port
+    where = addr if port == 22 else f"[{addr}]:{port}"  # OpenSSH's known_hosts forms
     assert pin.read_text() == f"{where} ssh-ed25519 {host_key}\n"
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
     pin.write_text(f"{where} {other[0]} {other[1]}\n")

@@ -1,9 +1,36 @@
-"""Reading the test cluster's ``daemon.env`` (written by tests/cluster/up), for tests and benchmarks."""
+"""The test clusters (written by tests/cluster/up), for tests and benchmarks: which versions, where, how to ask them.
+
+``make test`` brings up one cluster per Slurm version in ``SLURM_VERSIONS`` (default: the
+three tested ones; ``make test SLURM_VERSIONS=22.05`` for a quicker local run). Their state
+directories follow one rule, shared with the Makefile and ``tests/cluster/up``:
+``$SLURM_DOWNSTREAM_TESTCLUSTER`` (default ``/tmp/slurm-downstream-testcluster``) for 22.05,
+that name with ``-24.11`` or ``-26.05`` appended for the others.
+
+Tests that run on every version are parametrised by ``pytest_generate_tests`` below (used by
+the integration and contract conftests); the rest run on the first version listed. Either
+way ``current()`` is the cluster the running test is about.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+TESTED = ("22.05", "24.11", "26.05")
+VERSIONS: tuple[str, ...] = tuple(os.environ.get("SLURM_VERSIONS", "22.05").split()) or ("22.05",)
+BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster")
+
+# test modules that run on every version in SLURM_VERSIONS (the others run once)
+EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
+                 "test_preflight", "test_topology"}
 
 
 def read_exports(env_file: Path) -> dict[str, str]:
@@ -14,3 +41,93 @@ def read_exports(env_file: Path) -> dict[str, str]:
             key, _, value = line[len("export "):].partition("=")
             env[key] = shlex.split(value)[0] if value else ""
     return env
+
+
+def state_dir(version: str) -> Path:
+    return Path(BASE if version == "22.05" else f"{BASE}-{version}")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One test cluster: its Slurm version and state directory."""
+
+    version: str
+    state: Path
+
+    @property
+    def env_file(self) -> Path:
+        return self.state / "daemon.env"
+
+    def login(self, *args: str) -> list[str]:
+        """argv running ``args`` as root on the login node (its namespace and root, the cluster's SLURM_CONF)."""
+        return [str(self.state / "bin" / "login"), *args]
+
+    def node(self, node: str, *args: str) -> list[str]:
+        """argv running ``args`` as root on compute node ``node``."""
+        return [str(self.state / "bin" / "enter"), node, *args]
+
+    @property
+    def host(self) -> str:
+        """The login node's address as the daemon reaches it (the front of its namespace)."""
+        return read_exports(self.env_file)["JARVICE_SLURM_CLUSTER_ADDR"]
+
+    def is_up(self) -> bool:
+        """tests/cluster/status: every daemon of the cluster runs and answers (not merely: daemon.env exists)."""
+        status = Path(__file__).resolve().parents[1] / "cluster" / "status"
+        env = dict(os.environ, SLURM_DOWNSTREAM_TESTCLUSTER=str(self.state))
+        return subprocess.run([str(status)], env=env, capture_output=True, timeout=60).returncode == 0
+
+    @contextlib.contextmanager
+    def workdir(self, prefix: str) -> Iterator[Path]:
+        """A directory every node sees at the same path (in the shared state dir) and the cluster's user can read."""
+        top = self.state / "tmp"
+        top.mkdir(mode=0o755, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=top))
+        path.chmod(0o755)
+        try:
+            yield path
+        finally:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+_current: list[Cluster] = [Cluster(VERSIONS[0], state_dir(VERSIONS[0]))]
+
+
+def current() -> Cluster:
+    return _current[-1]
+
+
+@contextlib.contextmanager
+def using(version: str) -> Iterator[Cluster]:
+    _current.append(Cluster(version, state_dir(version)))
+    try:
+        yield _current[-1]
+    finally:
+        _current.pop()
+
+
+def generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the modules of EVERY_VERSION once per version, each test's id naming it (``[slurm-24.11]``)."""
+    if "slurm_cluster" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in EVERY_VERSION:
+        metafunc.parametrize("slurm_cluster", VERSIONS, ids=[f"slurm-{v}" for v in VERSIONS], indirect=True,
+                             scope="module")
+
+
+_seen_up: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The cluster this test is about (the first version for tests that run once).
+
+    Whether it is up is asked once per run and version (tests/cluster/status), not guessed from
+    its daemon.env, which outlives ``make cluster-down``; a cluster that is down is a failure.
+    """
+    with using(getattr(request, "param", VERSIONS[0])) as cluster:
+        if cluster.version not in _seen_up:
+            if not cluster.is_up():
+                pytest.fail(f"the Slurm {cluster.version} test cluster in {cluster.state} is down; "
+                            f"run SLURM_VERSION={cluster.version} SLURM_DOWNSTREAM_TESTCLUSTER={cluster.state} "
+                            "tests/cluster/up (make test does)")
+            _seen_up.add(cluster.version)
+        yield cluster

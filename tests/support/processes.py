@@ -21,6 +21,8 @@ from pathlib import Path
 
 import trio
 
+from tests.support.cluster import read_exports
+
 # the console command as installed in the venv (pyproject's [project.scripts])
 CLI = str(Path(sys.executable).with_name("slurm-downstream"))
 
@@ -34,10 +36,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def alive(pid: int) -> bool:
@@ -108,10 +110,13 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, i
 # ---------------------------------------------------------------- a private sshd
 @dataclass
 class PrivateSSHD:
-    """An OpenSSH server of our own, set up like the test cluster's (same host key, same user), on another port.
+    """An OpenSSH server of our own, set up like the test cluster's (same host key, same user), on another port
+    of the login node (started there, in its namespace and root, through the cluster's ``bin/login``).
 
     ``path_prefix`` puts a directory first on the sessions' PATH (sshd's ``SetEnv``), so a
     test can wrap a Slurm command on the login node without touching the shared cluster.
+    ``workdir`` and ``path_prefix`` must be seen by the login node: under the state dir
+    (``Cluster.workdir``).
     """
 
     cluster_state: Path
@@ -125,8 +130,9 @@ class PrivateSSHD:
         self.pid_file = self.workdir / "sshd.pid"
         self.log = self.workdir / "sshd.log"
         self.known_hosts = self.workdir / "known_hosts"
+        self.host = read_exports(self.cluster_state / "daemon.env")["JARVICE_SLURM_CLUSTER_ADDR"]
         host_key = (self.cluster_state / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}\n")
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_key[0]} {host_key[1]}\n")
         self.config.write_text(self._config_text())
 
     def _config_text(self) -> str:
@@ -145,7 +151,8 @@ class PrivateSSHD:
 
     def env(self) -> dict[str, str]:
         """Settings overrides that point a daemon at this server."""
-        return {"JARVICE_SLURM_CLUSTER_PORT": str(self.port), "JARVICE_SLURM_SSH_KNOWN_HOSTS": str(self.known_hosts)}
+        return {"JARVICE_SLURM_CLUSTER_ADDR": self.host, "JARVICE_SLURM_CLUSTER_PORT": str(self.port),
+                "JARVICE_SLURM_SSH_KNOWN_HOSTS": str(self.known_hosts)}
 
     @property
     def pid(self) -> int | None:
@@ -167,9 +174,10 @@ class PrivateSSHD:
         if self.pid is not None:
             raise RuntimeError(f"sshd on port {self.port} already runs (pid {self.pid})")
         with self.log.open("a") as log:
-            await trio.run_process([SSHD, "-f", str(self.config), "-E", str(self.log)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        await wait_until(lambda: self.pid is not None and port_open(self.port), timeout, f"sshd on port {self.port}")
+            await trio.run_process([str(self.cluster_state / "bin" / "login"), SSHD, "-f", str(self.config),
+                                    "-E", str(self.log)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        await wait_until(lambda: self.pid is not None and port_open(self.port, self.host), timeout,
+                         f"sshd on {self.host}:{self.port}")
         return trio.current_time()
 
     def kill(self) -> list[int]:
@@ -187,7 +195,7 @@ class PrivateSSHD:
 # ---------------------------------------------------------------- the shared slurmctld
 @dataclass
 class Slurmctld:
-    """The test cluster's controller, stopped and started exactly as ``tests/cluster/up`` starts it."""
+    """The test cluster's controller, stopped and started exactly as ``tests/cluster/up`` starts it (on the login node)."""
 
     cluster_state: Path
 
@@ -195,9 +203,8 @@ class Slurmctld:
     def conf(self) -> Path:
         return self.cluster_state / "etc" / "slurm.conf"
 
-    @property
-    def env(self) -> dict[str, str]:
-        return dict(os.environ, SLURM_CONF=str(self.conf))
+    def login(self, *args: str) -> list[str]:
+        return [str(self.cluster_state / "bin" / "login"), *args]
 
     @property
     def pid(self) -> int | None:
@@ -237,7 +244,7 @@ class Slurmctld:
                     await self.start()
 
     async def ping_up(self) -> bool:
-        result = await trio.run_process(["scontrol", "ping"], env=self.env, capture_stdout=True, capture_stderr=True,
+        result = await trio.run_process(self.login("scontrol", "ping"), capture_stdout=True, capture_stderr=True,
                                         check=False)
         return b"is UP" in result.stdout
 
@@ -252,7 +259,7 @@ class Slurmctld:
     async def start(self, timeout: float = 30.0) -> None:
         """As ``tests/cluster/up``: ``slurmctld -f CONF``, stdio on the start-up log, then ``scontrol ping`` UP."""
         with (self.cluster_state / "log" / "startup.log").open("a") as log:
-            await trio.run_process(["slurmctld", "-f", str(self.conf)], env=self.env,
+            await trio.run_process(self.login("slurmctld", "-f", str(self.conf)),
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         with trio.fail_after(timeout):
             while not await self.ping_up():
@@ -260,11 +267,11 @@ class Slurmctld:
 
 
 async def squeue(cluster_state: Path, *args: str, timeout: float = 30.0) -> str:
-    """``squeue -h`` as root, without blocking trio (while slurmctld is down, squeue retries for ~9 s)."""
-    env = dict(os.environ, SLURM_CONF=str(cluster_state / "etc" / "slurm.conf"), SLURM_TIME_FORMAT="standard")
+    """``squeue -h`` as root on the login node, without blocking trio (while slurmctld is down, squeue retries for ~9 s)."""
+    env = dict(os.environ, SLURM_TIME_FORMAT="standard")
     with trio.fail_after(timeout):
-        result = await trio.run_process(["squeue", "-h", *args], env=env, capture_stdout=True, capture_stderr=True,
-                                        check=False)
+        result = await trio.run_process([str(cluster_state / "bin" / "login"), "squeue", "-h", *args], env=env,
+                                        capture_stdout=True, capture_stderr=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"squeue {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout.decode()

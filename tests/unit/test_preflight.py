@@ -265,3 +265,29 @@ async def test_unreachable_cluster_is_one_ssh_error_with_a_hint(conf: Settings) 
     checks = await run_preflight(Answers(error=HostKeyRejected("SSH host key of login.example.org:22 refused")), conf)
     assert "ssh-keyscan -p 22 login.example.org" in checks[0].hint
     assert exit_code(checks) == 1
+
+
+@pytest.mark.parametrize(("printed", "level", "detail"), [
+    ("slurm-wlm 22.05.8", "ok", "slurm 22.05 is tested (22.05, 24.11, 26.05)"),
+    ("slurm 24.11.5", "ok", "slurm 24.11 is tested (22.05, 24.11, 26.05)"),
+    ("slurm-wlm 26.05.5", "ok", "slurm 26.05 is tested (22.05, 24.11, 26.05)"),
+    ("slurm 23.11.10", "ok", "slurm 23.11 is within the tested range (22.05, 24.11, 26.05)"),
+    ("slurm 21.08.8", "warning", "slurm 21.08 is outside the tested range (22.05, 24.11, 26.05)"),
+    ("slurm 26.11.0", "warning", "slurm 26.11 is outside the tested range (22.05, 24.11, 26.05)"),
+])
+def test_the_slurm_version_is_judged_against_the_tested_range(conf: Settings, printed: str, level: str,
+                                                              detail: str) -> None:
+    checks = judge(with_step("version", 0, printed), conf)
+    assert checks["tested range"].level == level and checks["tested range"].detail == detail
+    assert checks["slurm version"].level == "ok"
+    if level == "warning":
+        assert "test suite" in checks["tested range"].hint
+    assert exit_code(list(checks.values())) == 0  # an untested version is a warning, never an error
+
+
+def test_without_sbatch_the_range_is_judged_on_slurmctlds_version(conf: Settings) -> None:
+    checks = judge(with_step("version", 127, "sh: 1: sbatch: not found"), conf)
+    assert checks["slurm version"].level == "error"
+    assert checks["tested range"].detail == "slurm 22.05 is tested (22.05, 24.11, 26.05)"  # SLURM_VERSION = 22.05.8
+    no_version = with_step("version", 127, "sh: 1: sbatch: not found").replace("SLURM_VERSION           = 22.05.8\n", "")
+    assert "tested range" not in judge(no_version, conf)
