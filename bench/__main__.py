@@ -4,7 +4,8 @@ Runs every benchmark in turn against the real local test cluster (``make
 bench`` brings it up), printing each table as it completes, then a summary
 against the targets, and writes everything to ``bench/results.json`` (or
 ``--out`` / ``$BENCH_OUT``). Names select a subset: freshness, api_latency,
-cluster_load, submit_throughput, baseline, footprint, proxy_throughput, marker_filter.
+cluster_load, submit_throughput, interactive_load, baseline, footprint, proxy_throughput,
+marker_filter.
 
 The order matters because the daemon adopts every job it finds in Slurm: the
 100-job measurements come first, then the submit benchmark brings the real
@@ -33,6 +34,7 @@ from bench import (
     cluster_load,
     footprint,
     freshness,
+    interactive_load,
     marker_filter,
     proxy_throughput,
     recovery,
@@ -54,6 +56,7 @@ STAGES: list[Stage] = [
     ("submit_throughput", "submit throughput", True, submit_throughput.run),
     ("api_latency", "API latency, 1,000 jobs", True, lambda ctx: api_latency.run(ctx, 1000)),
     ("cluster_load", "cluster load, 1,000 jobs", True, lambda ctx: cluster_load.run(ctx, 1000, (5.0, 1.0, None))),
+    ("interactive_load", "1,000 jobs while 4 interactive jobs stream through their proxies", True, interactive_load.run),
     ("baseline", "the reference's way", True, baseline.run),
     ("footprint", "memory and CPU", False, footprint.run),
     ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
@@ -147,6 +150,22 @@ def summarize(results: dict) -> list[dict]:
         slack = max(60.0 / s["window_s"] for s in load) + 0.1 * max(values)
         flat = max(values) - min(values) <= slack
         add("Slurm commands/min on the login node", spread, "independent of jobs and call rate", flat)
+    inter = results.get("interactive_load")
+    if inter:
+        for key, label in (("quiet", "no streams"), ("loaded", f"{inter['streams']} proxies streaming")):
+            p = inter[key]
+            streaming = f" ({p['streams_total_MBps']:.0f} MB/s through the proxies)" if p["streams_total_MBps"] else ""
+            add(f"POST /runstatus p99 at {p['runstatus']['demanded_per_s']:.0f}/s, {inter['jobs']:,} jobs, {label}",
+                f"{p['runstatus']['response_p99_ms']:.1f} ms{streaming}", "p99 < 10 ms",
+                p["runstatus"]["response_p99_ms"] < 10 and not p["runstatus"]["errors"])
+            limit = (inter["poll_interval_s"] + 1) * 1000
+            add(f"freshness p99 at a {inter['poll_interval_s']:g} s poll, {inter['jobs']:,} jobs, {label}",
+                f"{p['freshness']['all']['p99']:.0f} ms", f"p99 < {limit:.0f} ms", p["freshness"]["all"]["p99"] < limit)
+    proxied = results.get("proxy_throughput", {}).get("throughput_MBps", {})
+    if proxied:
+        add("interactive proxy / ssh -L throughput", ", ".join(
+            f"{mode} {t['proxy'] / t['ssh -L']:.2f}x ({t['proxy']:.0f} vs {t['ssh -L']:.0f} MB/s)"
+            for mode, t in proxied.items()), "(ratio, reported)", None)
     submit = results.get("submit_throughput")
     if submit:
         seq, par = submit["daemon_vs_raw_ssh_sequential"], submit["daemon_vs_raw_ssh_parallel"]
