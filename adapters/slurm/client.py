@@ -291,31 +291,7 @@ class SlurmClient:
 
     async def inspect(self, jobid: str) -> JobFacts:
         """squeue, the job's exit-code file and accounting, in one round trip."""
-        _check_jobid(jobid)
-        command = (
-            f"{self._squeue(f' -j {jobid}')} 2>&1; echo {_MARK} $?; "
-            f"cat {self._file(jobid, 'rc')} 2>/dev/null; echo {_MARK}; "
-            f"{self._sacct(jobid)} 2>/dev/null; true"
-        )
-        result = await self._run(command)
-        parts = result.stdout.split(_MARK)
-        if len(parts) != 3:
-            raise CommandFailed("inspect", result.exit_status, f"unexpected output: {result.stdout[:200]!r}")
-        queue, rc_part, acct = parts
-        squeue_rc, _, rc_text = rc_part.strip(" ").partition("\n")
-        if squeue_rc.strip() != "0":
-            if "Invalid job id" not in queue:  # squeue could not ask slurmctld: nothing is known
-                raise ClusterUnavailable(f"squeue failed: {queue.strip()[:300]}")
-            queue = ""
-        listed, skipped = parsers.parse_squeue_counting(queue)
-        if skipped:  # squeue printed the job, unreadably: it is not gone
-            raise CommandFailed("inspect", result.exit_status, f"unreadable squeue line for job {jobid}")
-        return JobFacts(
-            jobid=jobid,
-            squeue=listed.get(jobid),
-            rc_file=parsers.parse_rc(rc_text),
-            accounting=parsers.parse_sacct(acct.lstrip("\n")).get(jobid),
-        )
+        return (await self.inspect_many([_check_jobid(jobid)]))[jobid]
 
     async def inspect_many(self, jobids: Sequence[str]) -> dict[str, JobFacts]:
         """``inspect`` for many jobs in one round trip: one squeue, one read of their rc files, one sacct.

@@ -335,7 +335,7 @@ async def test_poll_runs_the_captured_command_and_parses_it(squeue_all: str) -> 
 
 async def test_inspect_combines_squeue_rc_file_and_sacct() -> None:
     mark = "@@slurm-downstream@@"
-    stdout = (fixture("squeue_invalid_job.txt") + f"{mark} 1\n" + "3\n" + f"{mark}\n"
+    stdout = (fixture("squeue_invalid_job.txt") + f"{mark} 1\n" + "3 3\n" + f"{mark}\n"  # job 3's rc file holds 3
               + fixture("sacct_jobcomp_daemon_format_one_job.txt"))
     runner = _Runner(stdout)
     facts = await SlurmClient(runner, user="jarvice", scratch_dir="/s", accounting="jobcomp").inspect("3")
