@@ -117,6 +117,13 @@ class Settings:
     outbound: OutboundHTTP = field(default_factory=lambda: OutboundHTTP())
     deprecations: tuple[str, ...] = ()  # older variable names read, one log line each at start
     instance: str = ""  # JARVICE_SLURM_INSTANCE: this deployment's name in its jobs' Slurm comments
+    slurm_client: str = "ssh_client"  # JARVICE_SLURM_CLIENT
+    rest: RestSettings | None = None  # slurmrestd_client: where slurmrestd is, and the service identity
+
+    @property
+    def has_ssh(self) -> bool:
+        """Whether the login node is reachable over SSH (always, unless slurmrestd_client without it)."""
+        return bool(self.cluster_addr)
 
     @property
     def server_user(self) -> str | None:
@@ -161,14 +168,74 @@ def resolve_aliases(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, 
     return resolved, tuple(notes)
 
 
-def _slurm_client(env: Mapping[str, str]) -> None:
+@dataclass(frozen=True)
+class RestSettings:
+    """``JARVICE_SLURM_CLIENT=slurmrestd_client``: where slurmrestd is and who the daemon is to it."""
+
+    url: str
+    sa_token: str = field(default="", repr=False)  # JARVICE_SLURM_SA_TOKEN: a static service token
+    token_url: str = ""  # else OAuth2 client credentials (Keycloak) at this URL
+    client_id: str = "nimbix-slurm-sched-client"
+    client_secret: str = field(default="", repr=False)
+    username_claim: str = "preferred_username"  # the JWT claim holding the Slurm user name
+    parser: str = "auto"  # JARVICE_SLURM_DATA_PARSER_VERSION
+
+    @property
+    def token_source(self) -> str:
+        """What the init report and the logs name as the token's origin (never the token)."""
+        if self.sa_token:
+            return "JARVICE_SLURM_SA_TOKEN (static)"
+        return f"client credentials of {self.client_id} at {self.token_url}"
+
+
+_URL_RE = re.compile(r"^https?://[^/\s?#]+(/[^\s?#]*)?\Z")
+_PARSER_RE = re.compile(r"^v0\.0\.\d{2}\Z")
+_CLAIM_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}\Z")
+
+
+def _slurm_client(env: Mapping[str, str]) -> str:
     name = "JARVICE_SLURM_CLIENT"
     value = _get(env, name, "ssh_client") or "ssh_client"
     if value not in SLURM_CLIENTS:
         raise ConfigError(name, f"expected ssh_client or slurmrestd_client, got {value!r}")
-    if value == "slurmrestd_client":
-        raise ConfigError(name, "slurmrestd_client is not supported by this version of slurm-downstream yet; "
-                                "use ssh_client (the default) with JARVICE_SLURM_CLUSTER_ADDR and JARVICE_SLURM_SSH_PKEY")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    if value and not _URL_RE.match(value):
+        raise ConfigError(name, f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _rest(env: Mapping[str, str]) -> RestSettings:
+    """The slurmrestd client's variables (the JARVICE chart's names), checked together."""
+    url = _url(env, "JARVICE_SLURMRESTD_URL")
+    if not url:
+        raise ConfigError("JARVICE_SLURMRESTD_URL", "is required when JARVICE_SLURM_CLIENT=slurmrestd_client")
+    token = _get(env, "JARVICE_SLURM_SA_TOKEN")
+    token_url = _url(env, "JARVICE_KEYCLOAK_TOKEN_URL")
+    secret = _get(env, "JARVICE_KEYCLOAK_CLIENT_SECRET")
+    if not token:
+        if not token_url:
+            raise ConfigError("JARVICE_SLURM_SA_TOKEN", "slurmrestd_client needs a service identity: set it, or "
+                                                        "JARVICE_KEYCLOAK_TOKEN_URL and JARVICE_KEYCLOAK_CLIENT_SECRET")
+        if not secret:
+            raise ConfigError("JARVICE_KEYCLOAK_CLIENT_SECRET", "is required with JARVICE_KEYCLOAK_TOKEN_URL "
+                                                                "(unless JARVICE_SLURM_SA_TOKEN is set)")
+    elif token.count(".") != 2:
+        raise ConfigError("JARVICE_SLURM_SA_TOKEN", "is not a JWT (three dot-separated parts)")
+    parser = _get(env, "JARVICE_SLURM_DATA_PARSER_VERSION", "auto") or "auto"
+    if parser != "auto" and not _PARSER_RE.match(parser):
+        raise ConfigError("JARVICE_SLURM_DATA_PARSER_VERSION", f"expected auto or a version like v0.0.42, got {parser!r}")
+    return RestSettings(
+        url=url, sa_token=token, token_url=token_url,
+        client_id=_get(env, "JARVICE_KEYCLOAK_CLIENT_ID", RestSettings.client_id) or RestSettings.client_id,
+        client_secret=secret,
+        username_claim=_matching(env, "JARVICE_SLURM_USERNAME_CLAIM", _CLAIM_RE, "a JWT claim name")
+        or RestSettings.username_claim,
+        parser=parser,
+    )
 
 
 def _outbound(env: Mapping[str, str]) -> OutboundHTTP:
@@ -508,8 +575,10 @@ def ssh_login(env: Mapping[str, str]) -> SSHTarget:
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError on the first bad one."""
     env, deprecations = resolve_aliases(os.environ if env is None else env)
-    _slurm_client(env)
-    login = ssh_login(env)
+    client = _slurm_client(env)
+    rest = _rest(env) if client == "slurmrestd_client" else None
+    # slurmrestd controls Slurm; SSH, when configured, still reaches the jobs' files and their web services
+    login = ssh_login(env) if rest is None or _get(env, "JARVICE_SLURM_CLUSTER_ADDR") else None
     server_key = _get(env, "JARVICE_SCHED_SERVER_KEY") or None
     if server_key and not _SERVER_KEY_RE.match(server_key):
         raise ConfigError("JARVICE_SCHED_SERVER_KEY", "must be user:password")
@@ -522,6 +591,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     scratch = _get(env, "JARVICE_SLURM_SCRATCH_DIR", "~")
     if scratch != "~" and not scratch.startswith("/"):
         raise ConfigError("JARVICE_SLURM_SCRATCH_DIR", f"must be an absolute path or ~, got {scratch!r}")
+    if login is None and scratch == "~":
+        raise ConfigError("JARVICE_SLURM_SCRATCH_DIR", "must be an absolute path with slurmrestd_client and no SSH "
+                                                       "(JARVICE_SLURM_CLUSTER_ADDR unset): ~ is known only over SSH")
     jobs_domain = _get(env, "JARVICE_JOBS_DOMAIN")
     if jobs_domain and not re.match(r"^[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._/-]*\$)?$", jobs_domain):
         raise ConfigError("JARVICE_JOBS_DOMAIN", f"expected my-domain.com or my-domain.com/job$, got {jobs_domain!r}")
@@ -532,15 +604,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     _port_ranges(service_port, ssh_port, port_count)
     log_level, log_format = logging_settings(env)
     return Settings(
-        cluster_addr=login.host,
-        cluster_port=login.port,
-        ssh_user=login.user,
-        ssh_pkey=login.private_key,
-        ssh_known_hosts=login.known_hosts,
-        ssh_insecure_host_key=login.insecure_host_key,
-        ssh_trust_on_first_use=login.trust_on_first_use,
+        cluster_addr=login.host if login else "",
+        cluster_port=login.port if login else 22,
+        ssh_user=login.user if login else _get(env, "JARVICE_SLURM_SSH_USER", "jarvice"),
+        ssh_pkey=login.private_key if login else "",
+        ssh_known_hosts=login.known_hosts if login else None,
+        ssh_insecure_host_key=login.insecure_host_key if login else False,
+        ssh_trust_on_first_use=login.trust_on_first_use if login else False,
         ssh_max_sessions=max_sessions,
-        ssh_keepalive=login.keepalive,
+        ssh_keepalive=login.keepalive if login else 15.0,
         command_timeout=_float(env, "JARVICE_SLURM_COMMAND_TIMEOUT", 30.0, 1.0, 3600.0),
         log_level=log_level,
         https_proxy=_get(env, "JARVICE_SLURM_HTTPS_PROXY"),
@@ -569,6 +641,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         outbound=_outbound(env),
         deprecations=deprecations,
         instance=_instance(env),
+        slurm_client=client,
+        rest=rest,
     )
 
 

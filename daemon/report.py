@@ -33,9 +33,7 @@ def init_report(settings: Settings, key_description: str) -> list[str]:
         "verified against " + ("inline known_hosts" if s.ssh_known_hosts and "\n" in s.ssh_known_hosts
                                else (s.ssh_known_hosts or "an empty known_hosts: every key will be refused"))
     )
-    return [
-        "",
-        "+----- Slurm Scheduler init report -----+",
+    ssh = [
         "|-- SSH connection to target cluster:",
         f"|     host: {s.cluster_addr}",
         f"|     port: {s.cluster_port}",
@@ -43,6 +41,21 @@ def init_report(settings: Settings, key_description: str) -> list[str]:
         f"|     key: {key_description}",
         f"|     host key: {host_key}",
         f"|     max sessions: {s.ssh_max_sessions}, keepalive: {s.ssh_keepalive:g}s",
+    ] if s.has_ssh else [
+        "|-- SSH connection to target cluster: not configured (no job output, no interactive jobs)",
+    ]
+    rest = [
+        "|-- Slurm client: slurmrestd_client",
+        f"|     url: {redact(s.rest.url)}",
+        f"|     data parser: {s.rest.parser}{' (the newest both sides know)' if s.rest.parser == 'auto' else ''}",
+        f"|     service token: {s.rest.token_source}",
+        f"|     user name claim: {s.rest.username_claim}",
+    ] if s.rest is not None else ["|-- Slurm client: ssh_client"]
+    return [
+        "",
+        "+----- Slurm Scheduler init report -----+",
+        *rest,
+        *ssh,
         "|-- Script environment:",
         f"|     scratch dir: {s.scratch_dir}",
         f"|     http_proxy: {redact(s.http_proxy)}",

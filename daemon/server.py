@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
 from datetime import UTC, datetime
 from functools import partial
 
+import httpx
 import trio
+from adapters.tokens import ClientCredentials, StaticToken, TokenSource
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
@@ -18,14 +21,18 @@ from adapters.journal import Journal
 from adapters.kube.domain import JobsDomain
 from adapters.proxy.base import ProxyBackend
 from adapters.proxy.local import LocalProxies
+from adapters.slurm.backend import SlurmBackend, SlurmCluster
 from adapters.slurm.client import SUBMIT_SHELLS, SlurmClient
+from adapters.slurm.files import NoClusterFiles, SshClusterFiles
+from adapters.slurm.rest import RestSlurm
 from adapters.ssh import SSHClient, SSHTarget, load_private_key
-from config.settings import ConfigError, Settings
+from config.settings import ConfigError, RestSettings, Settings
 from daemon.admin import admin_blueprint, config_view
 from daemon.api import VERSION, create_app
 from daemon.heap import freeze_heap
 from daemon.metrics import Metrics, instrument
 from daemon.preflight import Check, log_checks, run_preflight
+from daemon.preflight_rest import SSH_SLURM_CHECKS, rest_checks
 from daemon.report import init_report
 from daemon.service import Downstream
 from statemachines.job import Job, JobState
@@ -107,20 +114,55 @@ async def connectivity_test(downstream: Downstream) -> bool:
     try:
         await downstream.preflight()
     except DownstreamError as exc:
-        log.warning(" SSH failed: %s", exc)
+        log.warning(" %s failed: %s", "slurmrestd" if isinstance(downstream.slurm, SlurmCluster) else "SSH", exc)
         log.warning(" Could not connect to remote cluster! :(")
-        log.warning(" Please check ssh parameters.")
+        log.warning(" Please check %s parameters.",
+                    "slurmrestd (JARVICE_SLURMRESTD_URL, token)" if isinstance(downstream.slurm, SlurmCluster) else "ssh")
         return False
     log.info(" Success! :)")
     return True
 
 
-def build_downstream(settings: Settings, ssh: SSHClient, journal: Journal, metrics: Metrics) -> Downstream:
-    runner = metrics.timed(ssh)
-    # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
-    shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
-    slurm = SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir, shells=runner,
-                        max_shells=shells, job_group=settings.job_group, command_timeout=settings.command_timeout)
+def token_source(rest: RestSettings, http: httpx.AsyncClient) -> TokenSource:
+    """The service identity: a static token, or client credentials refreshed from the token endpoint."""
+    if rest.sa_token:
+        return StaticToken(rest.sa_token, claim=rest.username_claim)
+    return ClientCredentials(http, rest.token_url, rest.client_id, rest.client_secret, claim=rest.username_claim)
+
+
+def rest_http(settings: Settings) -> httpx.AsyncClient:
+    """One pooled client for slurmrestd and the token endpoint, with the pod's egress proxy and CA."""
+    out = settings.outbound
+    verify: str | bool = out.ca_bundle or True
+    return httpx.AsyncClient(timeout=httpx.Timeout(settings.command_timeout, connect=min(settings.command_timeout, 10.0)),
+                             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+                             verify=verify, trust_env=True)
+
+
+def build_slurm(settings: Settings, ssh: SSHClient | None, metrics: Metrics,
+                http: httpx.AsyncClient | None) -> tuple[SlurmBackend, int]:
+    """Slurm control (SSH commands or slurmrestd) and the cluster's files (SSH, or none); the SSH sessions
+    kept for sbatch shells."""
+    runner = metrics.timed(ssh) if ssh is not None else None
+    if settings.rest is None:
+        assert runner is not None  # ssh_client always has SSH (settings)
+        # SSH sessions: the kept sbatch shells hold theirs for good, and one stays free for the poller.
+        shells = min(SUBMIT_SHELLS, max(0, settings.ssh_max_sessions - 2))
+        return SlurmClient(runner, user=settings.ssh_user, scratch_dir=settings.scratch_dir, shells=runner,
+                           max_shells=shells, job_group=settings.job_group,
+                           command_timeout=settings.command_timeout), shells
+    assert http is not None
+    control = RestSlurm(settings.rest.url, token_source(settings.rest, http), user=settings.ssh_user,
+                        scratch_dir=settings.scratch_dir, parser=settings.rest.parser, http=http,
+                        timeout=settings.command_timeout)
+    files = (SshClusterFiles(runner, scratch_dir=settings.scratch_dir, job_group=settings.job_group)
+             if runner is not None else NoClusterFiles(settings.scratch_dir))
+    return SlurmCluster(control, files), 0
+
+
+def build_downstream(settings: Settings, ssh: SSHClient | None, journal: Journal, metrics: Metrics,
+                     http: httpx.AsyncClient | None = None) -> Downstream:
+    slurm, shells = build_slurm(settings, ssh, metrics, http)
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
@@ -144,7 +186,7 @@ def _proxy_view(downstream: Downstream, job: Job) -> dict | None:
             "bytes_up": status.bytes_up, "bytes_down": status.bytes_down}
 
 
-def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, started_at: float,
+def admin_state(downstream: Downstream, ssh: SSHClient | None, settings: Settings, started_at: float,
                 preflight: list[Check]) -> dict:
     """The admin page's dict (schema in daemon/admin.py), from what the daemon holds now."""
     st = downstream.status
@@ -163,13 +205,15 @@ def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, star
         "started_at": _iso(started_at),
         "config": config_view(settings),
         "ssh": {"target": f"{settings.ssh_user}@{ssh.target.address}", "connected": ssh.connected,
-                "connected_since": None, "reconnects": max(0, ssh.connects - 1), "last_error": ssh.last_error},
+                "connected_since": None, "reconnects": max(0, ssh.connects - 1), "last_error": ssh.last_error}
+        if ssh is not None else {"target": "not configured", "connected": False, "connected_since": None,
+                                 "reconnects": 0, "last_error": None},
         "poller": {"last_poll_at": _iso(wall - (now - st.ok_at)) if st.polls else None,
                    "last_duration": st.last_duration, "polls": st.polls, "failures": st.failures,
                    "last_error": st.last_error or None, "interval": downstream.poll_interval,
                    "min_job_age": downstream.cluster.min_job_age if downstream.cluster else None},
         "preflight": [c.as_dict() for c in preflight],
-        "last_error": st.last_error or ssh.last_error or None,
+        "last_error": st.last_error or (ssh.last_error if ssh is not None else None) or None,
         "jobs": jobs,
     }
 
@@ -187,19 +231,20 @@ def http_config(host: str, port: int) -> HypercornConfig:
 async def serve(settings: Settings, host: str, port: int, *, handle_signals: bool = True,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until cancelled or signalled; report the bound address when serving."""
-    key = describe_key(settings.ssh_pkey)
+    key = describe_key(settings.ssh_pkey) if settings.has_ssh else ""
     for line in init_report(settings, key):
         log.info(line)
     for note in settings.deprecations:
         log.warning("configuration: %s", note)
     journal = Journal(settings.journal)
     started_at = time.time()
-    async with open_ssh(settings) as ssh:
+    async with contextlib.AsyncExitStack() as links:
+        ssh = await links.enter_async_context(open_ssh(settings)) if settings.has_ssh else None
+        http = await links.enter_async_context(rest_http(settings)) if settings.rest is not None else None
         metrics = Metrics(version=VERSION, ssh=ssh)
-        downstream = build_downstream(settings, ssh, journal, metrics)
+        downstream = build_downstream(settings, ssh, journal, metrics, http)
         await connectivity_test(downstream)
-        # the probe that connectivity_test's SlurmClient.preflight ran, judged: the cluster is asked once
-        preflight = await run_preflight(ssh, settings, facts=downstream.cluster.probe if downstream.cluster else None)
+        preflight = await preflight_checks(downstream, ssh, settings)
         log_checks(log, preflight)
         log.info("")
         log.info(" Init done. Entering main loop.")
@@ -211,8 +256,9 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-            downstream.proxies = await start_proxies(nursery, settings, ssh)
-            downstream.tunnels = ssh
+            if ssh is not None:  # interactive jobs reach their web service through the login node
+                downstream.proxies = await start_proxies(nursery, settings, ssh)
+                downstream.tunnels = ssh
             elector = await start_elector(nursery, settings, downstream) if settings.proxy.leader_election else None
             # everything loaded (kubernetes included, when used) and no job yet: see daemon.heap
             log.debug("start-up heap set aside from garbage collection: %d objects", freeze_heap())
@@ -223,6 +269,21 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
             binds = await nursery.start(partial(hypercorn_serve, app, config))
             log.info("serving the upstream API on %s", ", ".join(binds))
             task_status.started(binds)
+
+
+async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settings: Settings) -> list[Check]:
+    """SSH mode: the probe that connectivity_test's SlurmClient.preflight ran, judged (the cluster is asked
+    once). slurmrestd mode: the REST side's checks, and the SSH probe's about the login node when SSH is there."""
+    facts = downstream.cluster.probe if downstream.cluster else None
+    if settings.rest is None:
+        assert ssh is not None
+        return await run_preflight(ssh, settings, facts=facts)
+    slurm = downstream.slurm
+    assert isinstance(slurm, SlurmCluster) and isinstance(slurm.control, RestSlurm)
+    checks = await rest_checks(slurm.control, settings)
+    if ssh is not None:
+        checks += [c for c in await run_preflight(ssh, settings) if c.name not in SSH_SLURM_CHECKS]
+    return checks
 
 
 async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient) -> ProxyBackend:

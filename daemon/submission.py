@@ -113,6 +113,9 @@ class Submissions:
     async def submit(self, args: Mapping[str, object]) -> list:
         core = self.core
         submission = jobscript.build(args, core.executor, core.script_env)
+        if submission.request.interactive and not core.slurm.available:
+            raise InvalidRequest("interactive jobs need SSH to the login node to reach their web service, and this "
+                                 "slurmrestd_client deployment has none (JARVICE_SLURM_CLUSTER_ADDR is not set)")
         if core.cluster is None:
             raise ClusterUnavailable(core.status.last_error or "the cluster has not answered yet")
         # Whether this name is already in Slurm is known only from a fresh poll (which

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
-from adapters.jobscript import JOBID_RE, NAME_RE, Submission, job_tree_of, jobs_dir_of
+from adapters.jobscript import NAME_RE, Submission
 from adapters.slurm import parsers
+from adapters.slurm.files import SshClusterFiles, check_jobid
 from adapters.slurm.parsers import SEP, AccountingRecord, SlurmJob
 from adapters.slurm.probe import ProbeFacts, probe
 from adapters.ssh import CommandResult, CommandRunner, Shell, ShellEnded, ShellOpener
@@ -33,8 +34,6 @@ CONTROLLER_DOWN = re.compile(
     r"|Zero Bytes were transmitted|Communication connection failure"
 )
 _MARK = "@@slurm-downstream@@"
-TAIL_LINES = 10_000
-TAIL_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,6 @@ class ClusterInfo:
     def min_job_age(self) -> int:
         age = parsers.min_job_age(self.config)
         return 300 if age is None else age  # Slurm's default
-
-
-def _check_jobid(jobid: str) -> str:
-    if not JOBID_RE.match(jobid):
-        raise ValueError(f"not a job id: {jobid!r}")  # callers validate first; this is a last guard
-    return jobid
 
 
 MAX_BATCH = 32  # sbatch calls sent together at most
@@ -127,11 +120,13 @@ class _PendingSubmit:
         self.settled.set()
 
 
-class SlurmClient:
+class SlurmClient(SshClusterFiles):
+    """Slurm control over SSH; the same login-node shell also serves the cluster's files (its base)."""
+
     def __init__(self, runner: CommandRunner, *, user: str, scratch_dir: str, accounting: str = "auto",
                  shells: ShellOpener | None = None, max_shells: int = SUBMIT_SHELLS, job_group: str = "",
                  command_timeout: float = 30.0) -> None:
-        self.runner = runner
+        super().__init__(runner, scratch_dir=scratch_dir, job_group=job_group)
         self.command_timeout = command_timeout  # what one sbatch may take: a batch of n gets n times it
         self.shells = shells if max_shells > 0 else None  # where sbatch runs without a session per job
         self._idle_shells: list[Shell] = []
@@ -139,28 +134,12 @@ class SlurmClient:
         self._max_shells = max_shells
         self._lines: dict[str, SlurmJob] = {}  # the last poll's squeue lines, parsed (parse_squeue_counting's memo)
         self.user = user
-        self.job_group = job_group  # the jobs' files are readable by this group (setgid jobs dir, umask 027)
-        self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.accounting = accounting  # "sacct", "jobcomp" (sacct -c) or "none"; "auto" until preflight
         self._submits: list[_PendingSubmit] = []
         self._submit_slots = trio.Semaphore(SUBMIT_STREAMS)
 
-    @property
-    def jobs_dir(self) -> str:
-        return jobs_dir_of(self.scratch_dir)
-
-    async def _run(self, command: str, *, stdin: str | None = None, check: bool = True,
-                   timeout: float | None = None) -> CommandResult:
-        # Command lines hold only validated, quoted values (scripts travel on stdin, not logged);
-        # the log's redaction filter still applies.
-        log.debug("slurm: %s", command)
-        result = await self.runner.run(command, stdin=stdin, timeout=timeout)
-        if check and not result.ok:
-            raise command_error(command, result)
-        return result
-
-    def _file(self, jobid: str, suffix: str) -> str:
-        return shlex.quote(f"{self.jobs_dir}/{_check_jobid(jobid)}.{suffix}")
+    def command_error(self, command: str, result: CommandResult) -> DownstreamError:
+        return command_error(command, result)
 
     # ---------------------------------------------------------------- startup
     async def preflight(self) -> ClusterInfo:
@@ -171,13 +150,7 @@ class SlurmClient:
             answer = facts.step(step)
             if not answer.ok:
                 raise command_error(command, CommandResult(answer.rc, "", answer.output))
-        if self.scratch_dir == "~":
-            if not facts.home:
-                raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
-            self.scratch_dir = facts.home
-        jobs_dir = shlex.quote(self.jobs_dir)
-        share = f" && chgrp {shlex.quote(self.job_group)} {jobs_dir} && chmod 2750 {jobs_dir}" if self.job_group else ""
-        await self._run(f"mkdir -p {jobs_dir} && test -w {jobs_dir}{share}")
+        await self.prepare(facts.home)
         if self.accounting == "auto":  # what works, not what slurm.conf promises (slurmdbd may be down)
             self.accounting = facts.accounting
         return ClusterInfo(version=facts.step("version").first_line, home=facts.home, config=dict(facts.config),
@@ -291,22 +264,20 @@ class SlurmClient:
 
     async def inspect(self, jobid: str) -> JobFacts:
         """squeue, the job's exit-code file and accounting, in one round trip."""
-        return (await self.inspect_many([_check_jobid(jobid)]))[jobid]
+        return (await self.inspect_many([check_jobid(jobid)]))[jobid]
 
     async def inspect_many(self, jobids: Sequence[str]) -> dict[str, JobFacts]:
         """``inspect`` for many jobs in one round trip: one squeue, one read of their rc files, one sacct.
 
         After an outage every job that finished meanwhile has vanished at once: one command per job
         would be a storm of them (and of SSH channels) just when the link comes back."""
-        ids = [_check_jobid(j) for j in jobids]
+        ids = [check_jobid(j) for j in jobids]
         if not ids:
             return {}
         joined = ",".join(ids)
-        rc_files = " ".join(shlex.quote(i) for i in ids)
         command = (
             f"{self._squeue(f' -j {joined}')} 2>&1; echo {_MARK} $?; "
-            f"for j in {rc_files}; do printf '%s ' \"$j\"; "
-            f"head -c 32 {shlex.quote(self.jobs_dir)}/\"$j\".rc 2>/dev/null | tr -d '\\n'; echo; done; echo {_MARK}; "
+            f"{self.rc_command(ids)}; echo {_MARK}; "
             f"{self._sacct(joined)} 2>/dev/null; true"
         )
         result = await self._run(command)
@@ -322,23 +293,20 @@ class SlurmClient:
         listed, skipped = parsers.parse_squeue_counting(queue)
         if skipped:  # a job printed unreadably is not gone: the batch says nothing certain
             raise CommandFailed("inspect", result.exit_status, f"unreadable squeue line among jobs {joined}")
-        rcs = {}
-        for line in rc_lines.splitlines():
-            jobid, _, text = line.partition(" ")
-            rcs[jobid] = parsers.parse_rc(text)
+        rcs = parsers.parse_rc_lines(rc_lines, ids)
         accounting = parsers.parse_sacct(acct.lstrip("\n"))
         return {j: JobFacts(jobid=j, squeue=listed.get(j), rc_file=rcs.get(j), accounting=accounting.get(j)) for j in ids}
 
     async def cancel(self, jobid: str, name: str) -> None:
         """``scancel`` filtered by our job name, so a wrong id cannot cancel a foreign job."""
-        await self._run(f"scancel -n {shlex.quote('jarvice_' + name)} {_check_jobid(jobid)}")
+        await self._run(f"scancel -n {shlex.quote('jarvice_' + name)} {check_jobid(jobid)}")
 
     async def release(self, jobid: str) -> None:
-        await self._run(f"scontrol release {_check_jobid(jobid)}")
+        await self._run(f"scontrol release {check_jobid(jobid)}")
 
     async def node_address(self, node: str) -> str:
         """The address Slurm knows a node by (NodeAddr), for reaching a job's web service."""
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", node):
+        if not parsers.NODE_NAME_RE.fullmatch(node):
             raise ValueError(f"not a node name: {node!r}")
         result = await self._run(f"scontrol show node {shlex.quote(node)}")
         address = parsers.parse_node_address(result.stdout)
@@ -347,45 +315,5 @@ class SlurmClient:
         return address
 
     async def show_job(self, jobid: str) -> str:
-        result = await self._run(f"scontrol show job {_check_jobid(jobid)}", check=False)
+        result = await self._run(f"scontrol show job {check_jobid(jobid)}", check=False)
         return result.stdout if result.ok else result.stderr
-
-    async def tail(self, jobid: str, lines: int = TAIL_LINES) -> str | None:
-        """The last lines of the job's output, or None when it has none."""
-        path = self._file(jobid, "out")
-        result = await self._run(
-            f"test -f {path} && tail -n {int(lines)} {path} | tail -c {TAIL_BYTES}", check=False
-        )
-        return result.stdout if result.ok else None
-
-    async def cleanup(self, jobids: Sequence[str]) -> None:
-        """Remove what each job left in the jobs dir: output, rc file, script, and the per-job tree its
-        JARVICE script made (read-only directories inside it included). Removing nothing is success."""
-        if not jobids:
-            return
-        jobs_dir = shlex.quote(self.jobs_dir)
-        files = " ".join(f"{jobs_dir}/{_check_jobid(j)}.*" for j in jobids)  # .out .rc .job.sh .rc.<node> ...
-        trees = " ".join(shlex.quote(job_tree_of(self.scratch_dir, j)) for j in jobids)
-        await self._run(f"chmod -R u+w -- {trees} 2>/dev/null; rm -rf -- {files} {trees}")
-
-    async def job_files(self) -> dict[str, float]:
-        """Job ids that have files in the jobs dir, each with its newest modification time (epoch seconds)."""
-        jobs_dir = shlex.quote(self.jobs_dir)
-        result = await self._run(f"cd {jobs_dir} 2>/dev/null || exit 0; find . -mindepth 1 -maxdepth 2 -printf '%P\\t%T@\\n'")
-        return parsers.parse_job_files(result.stdout)
-
-    async def list_dir(self, path: str, details: bool) -> str:
-        """``pvcls``: one entry per line, prefixed ``/data``, directories with a trailing /."""
-        quoted = shlex.quote(path)
-        if details:
-            fmt_d, fmt_f = shlex.quote("%Y %s /data%n/"), shlex.quote("%Y %s /data%n")
-            command = (
-                f"find {quoted} -mindepth 1 -maxdepth 1 -type d -exec stat -c {fmt_d} {{}} + ; "
-                f"find {quoted} -mindepth 1 -maxdepth 1 -type f -exec stat -c {fmt_f} {{}} +"
-            )
-        else:
-            command = (
-                f"find {quoted} -mindepth 1 -maxdepth 1 -type d -printf '/data%p/\\n'; "
-                f"find {quoted} -mindepth 1 -maxdepth 1 -type f -printf '/data%p\\n'"
-            )
-        return (await self._run(command)).stdout

@@ -19,6 +19,7 @@ from statemachines.slurm_states import to_code
 log = logging.getLogger(__name__)
 
 SEP = "\x1f"
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")  # node names the daemon passes to Slurm (fullmatch)
 JOB_PREFIX = "jarvice_"
 
 # squeue -o fields, in order; the daemon asks for exactly these.
@@ -249,6 +250,16 @@ def min_job_age(config: dict[str, str]) -> int | None:
 def parse_rc(text: str) -> int | None:
     text = text.strip()
     return int(text) if re.fullmatch(r"-?\d{1,5}", text) else None
+
+
+def parse_rc_lines(text: str, jobids: list[str]) -> dict[str, int | None]:
+    """``<jobid> <contents of its .rc file>`` lines -> each asked job's exit code (None: no file)."""
+    rcs: dict[str, int | None] = dict.fromkeys(jobids)
+    for line in text.splitlines():
+        jobid, _, rest = line.partition(" ")
+        if jobid in rcs:
+            rcs[jobid] = parse_rc(rest)
+    return rcs
 
 
 _JOB_FILE_RE = re.compile(r"^(?:jobs/)?([0-9]{1,12})(?:\.[^/]*)?\Z")

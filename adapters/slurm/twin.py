@@ -206,6 +206,14 @@ class SimulatedSlurm:
     async def ping(self) -> None:
         await self._command("ping")
 
+    available = True  # the cluster's files too (ClusterFiles)
+
+    async def prepare(self, home: str = "") -> None:
+        return None
+
+    async def rc_files(self, jobids: Sequence[str]) -> dict[str, int | None]:
+        return {j: self._facts(j).rc_file for j in jobids}
+
     async def submit(self, submission: Submission) -> str:
         fault = await self._command("sbatch")
         args = dict(a[2:].split("=", 1) for a in submission.sbatch_args if a.startswith("--") and "=" in a)

@@ -1,6 +1,8 @@
-"""One contract, two Slurms: the real client on the real test cluster, and the simulated twin.
+"""One contract, three Slurms: the SSH client and the slurmrestd client on the real test clusters, and the twin.
 
-Every test here runs twice, once per backend, with the same assertions. The
+Every test here runs once per backend, with the same assertions: "real" is the SSH client, or, on
+the clusters that run slurmrestd (``[slurm-24.11-rest]``), the REST client with SSH for the files,
+built as the daemon builds it (``daemon.server.build_slurm``). The
 twin is only worth what this file checks: whatever the daemon's property tests
 prove against the twin holds for the real cluster as far as these behaviours
 go. A behaviour the daemon relies on and the twin models belongs here.
@@ -19,10 +21,10 @@ import trio
 from adapters import jobscript
 from adapters.errors import CommandFailed
 from adapters.slurm.backend import SlurmBackend
-from adapters.slurm.client import SlurmClient
 from adapters.slurm.parsers import parse_comment
 from adapters.slurm.twin import SimulatedSlurm
-from daemon.server import open_ssh, script_environment
+from daemon.metrics import Metrics
+from daemon.server import build_slurm, open_ssh, rest_http, script_environment
 from tests.integration.conftest import settings, unique_name
 from tests.support.cluster import current
 from tests.support.upstream import submit_args
@@ -82,8 +84,8 @@ async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         await twin.preflight()
         yield Harness(twin, twin, conf.executor, replace(env, scratch_dir=twin.scratch_dir))
         return
-    async with open_ssh(conf) as ssh:
-        client = SlurmClient(ssh, user=conf.ssh_user, scratch_dir=conf.scratch_dir, shells=ssh)  # as in production
+    async with open_ssh(conf) as ssh, rest_http(conf) as http:
+        client, _ = build_slurm(conf, ssh, Metrics(version="contract"), http if conf.rest else None)  # as in production
         await client.preflight()
         yield Harness(client, None, conf.executor, replace(env, scratch_dir=client.scratch_dir))
 
@@ -160,6 +162,9 @@ async def test_a_purged_job_is_still_known_by_its_rc_file_and_accounting(h: Harn
     assert await h.slurm.find_by_name(name) == []
     facts = await h.slurm.inspect(jobid)
     assert facts.squeue is None and facts.rc_file == 0
+    if h.slurm.accounting == "controller":  # slurmrestd without slurmdbd: slurmctld's memory only, now purged
+        assert facts.accounting is None
+        return await h.slurm.cleanup([jobid])
     assert facts.accounting is not None and facts.accounting.code == "CD" and facts.accounting.name == name
     await h.slurm.cleanup([jobid])
 

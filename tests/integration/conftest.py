@@ -52,6 +52,8 @@ def cluster_env() -> dict[str, str]:
 
 def settings(**overrides: str) -> Settings:
     env = cluster_env()
+    if current().rest:
+        env["JARVICE_SLURM_CLIENT"] = "slurmrestd_client"
     env.setdefault("JARVICE_SLURM_POLL_INTERVAL", "0.5")
     env.setdefault("JARVICE_SLURM_JOURNAL", ":memory:")
     env.update(overrides)

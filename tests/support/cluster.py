@@ -28,6 +28,10 @@ TESTED = ("22.05", "24.11", "26.05")
 VERSIONS: tuple[str, ...] = tuple(os.environ.get("SLURM_VERSIONS", "22.05").split()) or ("22.05",)
 BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-testcluster")
 
+# the versions whose test clusters run slurmrestd (tests/cluster/up), and the modules that also run
+# through it (JARVICE_SLURM_CLIENT=slurmrestd_client) on those: their ids say ``[slurm-24.11-rest]``
+REST_VERSIONS = ("24.11", "26.05")
+REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
                  "test_preflight", "test_topology"}
@@ -53,6 +57,11 @@ class Cluster:
 
     version: str
     state: Path
+    client: str = "ssh_client"  # how tests' daemons and clients control Slurm: ssh_client or slurmrestd_client
+
+    @property
+    def rest(self) -> bool:
+        return self.client == "slurmrestd_client"
 
     @property
     def env_file(self) -> Path:
@@ -99,7 +108,9 @@ def current() -> Cluster:
 
 @contextlib.contextmanager
 def using(version: str) -> Iterator[Cluster]:
-    _current.append(Cluster(version, state_dir(version)))
+    """``24.11`` or ``24.11-rest`` (the same cluster, through slurmrestd)."""
+    version, _, rest = version.partition("-")
+    _current.append(Cluster(version, state_dir(version), "slurmrestd_client" if rest else "ssh_client"))
     try:
         yield _current[-1]
     finally:
@@ -108,8 +119,10 @@ def using(version: str) -> Iterator[Cluster]:
 
 def generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the modules of EVERY_VERSION once per version, each test's id naming it (``[slurm-24.11]``)."""
-    if "slurm_cluster" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in EVERY_VERSION:
-        metafunc.parametrize("slurm_cluster", VERSIONS, ids=[f"slurm-{v}" for v in VERSIONS], indirect=True,
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "slurm_cluster" in metafunc.fixturenames and module in EVERY_VERSION:
+        params = [*VERSIONS, *(f"{v}-rest" for v in VERSIONS if v in REST_VERSIONS and module in REST_MODULES)]
+        metafunc.parametrize("slurm_cluster", params, ids=[f"slurm-{v}" for v in params], indirect=True,
                              scope="module")
 
 
@@ -124,7 +137,7 @@ def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     its daemon.env, which outlives ``make cluster-down``; a cluster that is down is a failure.
     """
     with using(getattr(request, "param", VERSIONS[0])) as cluster:
-        if cluster.version not in _seen_up:
+        if cluster.version not in _seen_up:  # (one check covers both of its clients)
             if not cluster.is_up():
                 pytest.fail(f"the Slurm {cluster.version} test cluster in {cluster.state} is down; "
                             f"run SLURM_VERSION={cluster.version} SLURM_DOWNSTREAM_TESTCLUSTER={cluster.state} "

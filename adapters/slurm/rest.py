@@ -1,0 +1,323 @@
+"""Slurm control through slurmrestd (``JARVICE_SLURM_CLIENT=slurmrestd_client``).
+
+The same answers as ``SlurmClient``'s commands, from slurmrestd's JSON: one pooled
+HTTP/1.1 client (httpx), the service identity's JWT in ``X-SLURM-USER-TOKEN`` on every
+request, one data parser version chosen at start-up from the server's OpenAPI
+description. What REST cannot do (the job's output and exit-code files, clean-up,
+``pvcls``, tunnels) is the cluster files' interface (``adapters/slurm/files.py``).
+
+How answers map to the adapters' errors, as the SSH client's do: no answer, a 5xx or
+slurmctld unreachable behind slurmrestd -> ``ClusterUnavailable`` (503 upstream, jobs keep
+their state); a 401/403 -> ``ClusterUnavailable`` naming the token's source (after one
+fresh token was tried); Slurm refusing a job -> ``CommandFailed`` with Slurm's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import httpx
+import trio
+
+from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
+from adapters.jobscript import NAME_RE, Submission, jobs_dir_of
+from adapters.slurm import rest_shapes as shapes
+from adapters.slurm.client import ClusterInfo, JobFacts, Poll
+from adapters.slurm.files import check_jobid
+from adapters.slurm.parsers import JOB_PREFIX, NODE_NAME_RE, SlurmJob
+from statemachines.slurm_states import FINISHED_CODES
+
+log = logging.getLogger(__name__)
+
+# A complete listing at least this often, even when slurmctld says nothing changed: the
+# "nothing changed" answer is trusted to skip parsing, never to prove a job gone for long.
+FULL_LISTING_EVERY = 60.0
+# v0.0.40 and v0.0.41 refuse a numeric ``update_time`` (HTTP 422, "Parsing of ... for timestamp failed")
+INCREMENTAL_SINCE = (0, 0, 42)
+# slurm error numbers that mean "slurmctld did not answer" (slurm_errno.h: 1001-1004 and 1800-1803 communication,
+# 5004-5005 socket timeout / nothing sent)
+_UNREACHABLE_ERRNOS = {1001, 1002, 1003, 1004, 1800, 1801, 1802, 1803, 5004, 5005}
+_INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID
+
+
+class TokenSource(Protocol):
+    """Where the service identity's bearer token comes from (``adapters/tokens.py``)."""
+
+    description: str
+
+    async def token(self) -> str: ...
+
+    def invalidate(self, token: str) -> None: ...
+
+
+class RestSlurm:
+    """``SlurmControl`` over slurmrestd."""
+
+    def __init__(self, url: str, tokens: TokenSource, *, user: str, scratch_dir: str, parser: str = "auto",
+                 http: httpx.AsyncClient | None = None, timeout: float = 30.0, environment: Mapping[str, str] | None = None,
+                 accounting: str = "auto", wall: Any = time.time) -> None:
+        self.url = url.rstrip("/")
+        self.tokens = tokens
+        self.user = user  # the service user: PATH/HOME of its jobs, and whose jobs are "ours" in find_by_name
+        self.scratch_dir = scratch_dir.rstrip("/") or "/"
+        self.wanted_parser = parser
+        self.parser = "" if parser == "auto" else parser  # chosen by preflight
+        self.offered: list[str] = []
+        self.accounting = "controller" if accounting == "auto" else accounting
+        self.timeout = timeout
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                              limits=httpx.Limits(max_connections=16, max_keepalive_connections=8))
+        self.environment = dict(environment or {})
+        self.wall = wall
+        self._last_update: int | None = None  # the last listing's ``last_update``
+        self._listed: dict[str, Any] = {}  # its raw records of our jobs, for "no change" answers
+        self._listed_at = -math.inf
+        self.requests = 0  # sent to slurmrestd (benchmarks: requests per minute)
+
+    @property
+    def jobs_dir(self) -> str:
+        return jobs_dir_of(self.scratch_dir)
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    # ---------------------------------------------------------------- HTTP
+    def _path(self, rest: str) -> str:
+        if not self.parser:
+            raise ClusterUnavailable("slurmrestd: no data parser chosen yet (preflight has not run)")
+        return f"{self.url}/slurm/{self.parser}/{rest}"
+
+    async def _request(self, method: str, url: str, *, what: str, json: Any = None,
+                       params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """One request with the service token; a 401/403 once more with a fresh token. (status, body)."""
+        for attempt in (1, 2):
+            token = await self.tokens.token()
+            self.requests += 1
+            try:
+                response = await self.http.request(method, url, json=json, params=params,
+                                                   headers={"X-SLURM-USER-TOKEN": token})
+            except httpx.TimeoutException as exc:
+                raise AnswerLost(f"{what}: slurmrestd at {self.url} did not answer in time ({type(exc).__name__})") from None
+            except httpx.HTTPError as exc:
+                raise ClusterUnavailable(f"{what}: slurmrestd at {self.url} unreachable: {exc!r}") from None
+            if response.status_code in (401, 403):
+                self.tokens.invalidate(token)
+                if attempt == 1:
+                    continue
+                raise ClusterUnavailable(f"{what}: slurmrestd refused the service token from {self.tokens.description} "
+                                         f"(HTTP {response.status_code})")
+            break
+        if response.status_code == 304:
+            return 304, {}
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if response.status_code >= 500 and not body.get("errors"):
+            raise ClusterUnavailable(f"{what}: slurmrestd answered HTTP {response.status_code}")
+        errnos = {e.get("error_number") for e in body.get("errors") or () if isinstance(e, dict)}
+        if errnos & _UNREACHABLE_ERRNOS:
+            raise SlurmUnreachable(f"{what}: slurmctld did not answer slurmrestd: {shapes.errors_text(body)[:300]}")
+        return response.status_code, body
+
+    def _refused(self, what: str, status: int, body: Mapping[str, Any]) -> CommandFailed:
+        return CommandFailed(what, status, shapes.errors_text(body) or f"slurmrestd answered HTTP {status}")
+
+    async def _get(self, rest: str, what: str, params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        return await self._request("GET", self._path(rest), what=what, params=params)
+
+    # ---------------------------------------------------------------- start-up
+    async def openapi(self) -> dict[str, Any]:
+        """The server's OpenAPI description (``/openapi/v3``; older servers ``/openapi``)."""
+        for path in ("/openapi/v3", "/openapi"):
+            status, body = await self._request("GET", self.url + path, what="openapi")
+            if status == 200 and body.get("paths"):
+                return body
+        raise ClusterUnavailable(f"slurmrestd at {self.url} serves no OpenAPI description")
+
+    async def choose_parser(self) -> str:
+        self.offered = shapes.offered_parsers(await self.openapi())
+        try:
+            self.parser = shapes.choose_parser(self.offered, self.wanted_parser)
+        except ValueError as exc:
+            raise CommandFailed("openapi", None, str(exc)) from None
+        return self.parser
+
+    async def preflight(self) -> ClusterInfo:
+        """Which parser, which Slurm, and the controller's settings the daemon depends on (MinJobAge...)."""
+        await self.choose_parser()
+        status, ping = await self._get("ping/", "ping")
+        if status != 200:
+            raise ClusterUnavailable(f"ping: slurmrestd answered HTTP {status}: {shapes.errors_text(ping)}")
+        meta = ping.get("meta") or {}
+        release = ((meta.get("slurm") or {}).get("release")) or ""
+        version = f"slurm {release} (slurmrestd, data parser {self.parser})".strip()
+        config: dict[str, str] = {}
+        status, diag = await self._get("diag/", "diag")  # a cheap proof that slurmctld answers, and its version
+        if status != 200:
+            raise ClusterUnavailable(f"diag: slurmrestd answered HTTP {status}: {shapes.errors_text(diag)}")
+        return ClusterInfo(version=version, home="", config=config)
+
+    @property
+    def service_user(self) -> str:
+        """Who the service token says it is (its user-name claim), else the configured user."""
+        return getattr(self.tokens, "username", None) or self.user
+
+    async def visible_users(self) -> set[str]:
+        """The users whose jobs the service identity sees (preflight: PrivateData and coordinators)."""
+        _, answer = await self._listing(None)
+        return {str(r.get("user_name")) for r in answer.get("jobs") or () if isinstance(r, dict) and r.get("user_name")}
+
+    async def ping(self) -> None:
+        status, body = await self._get("ping/", "ping")
+        pings = body.get("pings") or []
+        if status != 200 or not any(isinstance(p, dict) and (p.get("pinged") in ("UP", True) or p.get("responding"))
+                                    for p in pings):
+            raise SlurmUnreachable(f"ping: slurmctld does not answer slurmrestd: {shapes.errors_text(body) or pings}")
+
+    # ---------------------------------------------------------------- jobs
+    async def submit(self, submission: Submission) -> str:
+        environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", **self.environment}
+        try:
+            body = shapes.job_description(submission.sbatch_args, submission.batch_script, environment)
+        except shapes.UnsupportedOption as exc:
+            raise CommandFailed("job/submit", None, str(exc)) from None
+        status, answer = await self._request("POST", self._path("job/submit"), what="job/submit", json=body)
+        jobid = answer.get("job_id")
+        if status == 200 and isinstance(jobid, int) and not isinstance(jobid, bool) and jobid > 0:
+            return str(jobid)
+        if status != 200 and answer.get("errors"):  # Slurm's refusal (slurmrestd answers it with a 500)
+            raise self._refused("sbatch", status, answer)
+        # made or not: unknown (the caller looks the name up)
+        raise AnswerLost(f"job/submit: HTTP {status} without a job id: {shapes.errors_text(answer)[:300]}")
+
+    async def _listing(self, since: int | None) -> tuple[int, dict[str, Any]]:
+        params = {"update_time": str(since)} if since is not None else None
+        status, answer = await self._get("jobs/", "jobs", params)
+        if status not in (200, 304):
+            raise ClusterUnavailable(f"jobs: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+        return status, answer
+
+    @staticmethod
+    def _unchanged(status: int, answer: Mapping[str, Any]) -> bool:
+        """slurmctld's "no change since update_time": HTTP 304 (newer servers) or a warning with no jobs."""
+        if status == 304:
+            return True
+        warnings = " ".join(str(w.get("description", "")) for w in answer.get("warnings") or () if isinstance(w, dict))
+        return not answer.get("jobs") and "No job changes" in warnings
+
+    async def poll(self) -> Poll:
+        """All of our jobs in one request. Between complete listings, ``update_time`` lets slurmctld say
+        "nothing changed" instead of sending (and this daemon parsing) every job again."""
+        started = trio.current_time()
+        now = self.wall()
+        full = (self._last_update is None or started - self._listed_at >= FULL_LISTING_EVERY
+                or shapes.version_key(self.parser) < INCREMENTAL_SINCE)
+        status, answer = await self._listing(None if full else self._last_update)
+        if not full and self._unchanged(status, answer):
+            jobs, skipped = await trio.to_thread.run_sync(shapes.jobs_of, {"jobs": list(self._listed.values())}, now)
+            return Poll(started_at=started, jobs=jobs, complete=not skipped)
+        records = [r for r in answer.get("jobs") or () if isinstance(r, dict)
+                   and str(r.get("name", "")).startswith(JOB_PREFIX)]
+        jobs, skipped = await trio.to_thread.run_sync(shapes.jobs_of, {"jobs": records}, now)
+        last = shapes.number(answer.get("last_update"))
+        if not skipped:
+            self._listed = {str(r.get("job_id")): r for r in records}
+            self._last_update = last
+            self._listed_at = started
+        return Poll(started_at=started, jobs=jobs, complete=not skipped)
+
+    async def _job(self, jobid: str) -> dict[str, Any] | None:
+        """``GET job/<id>``: its record, or None when slurmctld no longer knows it."""
+        status, answer = await self._get(f"job/{check_jobid(jobid)}", "job")
+        records = [r for r in answer.get("jobs") or () if isinstance(r, dict)]
+        if status == 200 and records:
+            return records[0]
+        errnos = {e.get("error_number") for e in answer.get("errors") or () if isinstance(e, dict)}
+        if _INVALID_JOB_ID in errnos or (status in (200, 404) and not records and not errnos):
+            return None
+        if status >= 500 or status == 200:
+            raise ClusterUnavailable(f"job/{jobid}: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+        raise self._refused(f"job/{jobid}", status, answer)
+
+    async def find_by_name(self, name: str) -> list[SlurmJob]:
+        if not NAME_RE.match(name):
+            raise ValueError(f"not a job name: {name!r}")
+        _, answer = await self._listing(None)  # complete: a lost submit's job must be seen if it exists
+        jobs, _ = shapes.jobs_of(answer, self.wall())
+        return sorted((j for j in jobs.values() if j.name == name), key=lambda j: int(j.jobid))
+
+    async def inspect(self, jobid: str) -> JobFacts:
+        return (await self.inspect_many([jobid]))[jobid]
+
+    async def inspect_many(self, jobids: Sequence[str]) -> dict[str, JobFacts]:
+        """Each job's record, concurrently (one request each, few at a time). A finished job slurmctld still
+        holds is its accounting record; the exit-code file is the files' interface's to add."""
+        ids = [check_jobid(j) for j in jobids]
+        facts: dict[str, JobFacts] = {}
+        limit = trio.Semaphore(4)
+        failures: list[DownstreamError] = []
+
+        async def one(jobid: str) -> None:
+            async with limit:
+                try:
+                    record = await self._job(jobid)
+                except DownstreamError as exc:
+                    failures.append(exc)
+                    return
+            now = self.wall()
+            if record is None:
+                facts[jobid] = JobFacts(jobid=jobid)
+                return
+            facts[jobid] = JobFacts(jobid=jobid, squeue=shapes.job_of(record, now), accounting=shapes.record_of(record, now))
+
+        async with trio.open_nursery() as nursery:
+            for jobid in ids:
+                nursery.start_soon(one, jobid)
+        if failures:
+            raise failures[0]
+        return {j: facts[j] for j in ids}
+
+    async def cancel(self, jobid: str, name: str) -> None:
+        """Only a job that carries our name for it, as ``scancel -n``: a wrong id cannot cancel a foreign job."""
+        record = await self._job(jobid)
+        if record is None:
+            raise CommandFailed("scancel", 1, f"Kill job error on job id {jobid}: Invalid job id specified")
+        if record.get("name") != JOB_PREFIX + name:
+            return  # scancel -n with a non-matching job cancels nothing and says nothing
+        if shapes.state_code(record.get("job_state")) in FINISHED_CODES:  # slurmrestd would say nothing
+            raise CommandFailed("scancel", 1, f"Kill job error on job id {jobid}: Job/step already completing or completed")
+        status, answer = await self._request("DELETE", self._path(f"job/{jobid}"), what="scancel")
+        if status != 200 or answer.get("errors"):  # e.g. already completing or completed, as scancel says
+            raise self._refused("scancel", status, answer)
+
+    async def release(self, jobid: str) -> None:
+        status, answer = await self._request("POST", self._path(f"job/{check_jobid(jobid)}"), what="scontrol release",
+                                             json={"hold": False})
+        if status != 200 or answer.get("errors"):
+            raise self._refused("scontrol release", status, answer)
+
+    async def node_address(self, node: str) -> str:
+        if not NODE_NAME_RE.fullmatch(node):
+            raise ValueError(f"not a node name: {node!r}")
+        status, answer = await self._get(f"node/{node}", "scontrol show node")
+        for record in answer.get("nodes") or ():
+            if isinstance(record, dict) and record.get("name") == node:
+                address = record.get("address")
+                if isinstance(address, str) and address:
+                    return address
+        raise CommandFailed("scontrol show node", status, shapes.errors_text(answer) or f"no NodeAddr for {node}")
+
+    async def show_job(self, jobid: str) -> str:
+        record = await self._job(jobid)
+        if record is None:
+            return "slurm_load_jobs error: Invalid job id specified\n"
+        return shapes.show_job_text(record)

@@ -1,0 +1,65 @@
+"""Preflight in slurmrestd mode: the REST side's checks, judged like the SSH probe's.
+
+What an operator must know before trusting the daemon with jobs: slurmrestd answers at
+the URL, the service token is accepted (and where it comes from), which data parser was
+chosen among those offered, whether the service user sees other users' jobs (with
+``PrivateData=jobs`` it must be their accounts' coordinator), and what is lost without SSH.
+"""
+
+from __future__ import annotations
+
+from adapters.errors import DownstreamError
+from adapters.slurm.rest import RestSlurm
+from config.settings import Settings
+from daemon.preflight import Check
+
+# The SSH probe's checks that are about running Slurm's commands: in slurmrestd mode they say
+# nothing of how jobs are controlled (the login node may have no Slurm commands at all).
+SSH_SLURM_CHECKS = frozenset({"slurm version", "slurmctld", "squeue", "accounting"})
+
+
+async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
+    """Never raises: each finding is a Check with a hint."""
+    rest = settings.rest
+    assert rest is not None
+    checks: list[Check] = []
+    try:
+        await control.tokens.token()
+    except DownstreamError as exc:
+        return [Check("slurmrestd", "error", f"no service token: {exc}",
+                      "check JARVICE_KEYCLOAK_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET or JARVICE_SLURM_SA_TOKEN")]
+    try:
+        parser = await control.choose_parser()
+    except DownstreamError as exc:
+        hint = ("set JARVICE_SLURM_DATA_PARSER_VERSION=auto, or to one the server offers"
+                if control.offered else "check JARVICE_SLURMRESTD_URL, that slurmrestd runs there and accepts the token")
+        return [Check("slurmrestd", "error", f"{rest.url}: {exc}", hint)]
+    checks.append(Check("slurmrestd", "ok", f"{rest.url}, token from {rest.token_source} accepted"))
+    offered = ", ".join(control.offered)
+    checks.append(Check("data parser", "ok", f"{parser} (offered: {offered}; asked: {rest.parser})"))
+    try:
+        await control.ping()
+        users = await control.visible_users()
+    except DownstreamError as exc:
+        checks.append(Check("slurmctld", "error", f"through slurmrestd: {exc}", "check slurmctld and slurmrestd's logs"))
+        return checks
+    checks.append(Check("slurmctld", "ok", "answers slurmrestd"))
+    others = sorted(u for u in users if u != control.service_user)
+    if others:
+        checks.append(Check("job visibility", "ok", f"the service user sees jobs of {len(others)} other user(s)"))
+    else:
+        checks.append(Check(
+            "job visibility", "warning",
+            f"the service user ({control.service_user or 'unknown'}) sees no other user's job: none runs, or "
+            "PrivateData=jobs hides them",
+            "with PrivateData=jobs, make it a coordinator of the JARVICE users' accounts: "
+            f"sacctmgr add coordinator account=<account> names={control.service_user or '<service user>'}"))
+    checks.append(Check("accounting", "warning" if control.accounting == "controller" else "ok",
+                        "exit codes of finished jobs from slurmctld until MinJobAge, then from the jobs' exit-code files"
+                        if control.accounting == "controller" else control.accounting,
+                        "keep MinJobAge at least a few poll intervals (scontrol show config | grep MinJobAge)"))
+    if not settings.has_ssh:
+        checks.append(Check("ssh", "warning", "not configured: job output (tail, exitstatus logs) is not available and "
+                                              "interactive jobs are refused",
+                            "set JARVICE_SLURM_CLUSTER_ADDR and JARVICE_SLURM_SSH_PKEY to reach the login node"))
+    return checks
