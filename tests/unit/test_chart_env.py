@@ -2,7 +2,8 @@
 
 What the chart sets must be read as the chart means it: a namespaced Issuer is not a
 ClusterIssuer, the reference's older names still work (and say they are old), the
-slurmrestd client is refused in one line until it exists, and the pod's own egress
+slurmrestd client's variables are checked together (an unusable combination stops the
+start in one line naming the variable), and the pod's own egress
 proxy and root CA reach the daemon's outbound HTTP.
 """
 
@@ -54,14 +55,47 @@ def test_the_current_name_wins_over_the_old_one(env: dict[str, str]) -> None:
                                      "(and JARVICE_SINGULARITY_OVERLAY_SIZE is deprecated)",)
 
 
-def test_slurmrestd_client_is_refused_in_one_line_until_it_exists(env: dict[str, str]) -> None:
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJwcmVmZXJyZWRfdXNlcm5hbWUiOiJqYXJ2aWNlIn0.c2ln"
+REST = {"JARVICE_SLURM_CLIENT": "slurmrestd_client", "JARVICE_SLURMRESTD_URL": "http://login:6820/"}
+
+
+def test_the_slurmrestd_client_takes_the_charts_variables(env: dict[str, str]) -> None:
+    keycloak = load({**env, **REST, "JARVICE_KEYCLOAK_TOKEN_URL": "https://kc/realms/j/protocol/openid-connect/token",
+                     "JARVICE_KEYCLOAK_CLIENT_SECRET": "s3cret", "JARVICE_SLURM_DATA_PARSER_VERSION": "v0.0.42"})
+    assert keycloak.slurm_client == "slurmrestd_client" and keycloak.rest is not None
+    assert keycloak.rest.url == "http://login:6820" and keycloak.rest.client_id == "nimbix-slurm-sched-client"
+    assert keycloak.rest.username_claim == "preferred_username" and keycloak.rest.parser == "v0.0.42"
+    assert "s3cret" not in repr(keycloak) and "nimbix-slurm-sched-client at https://kc" in keycloak.rest.token_source
+    static = load({**env, **REST, "JARVICE_SLURM_SA_TOKEN": JWT})
+    assert static.rest.token_source == "JARVICE_SLURM_SA_TOKEN (static)" and JWT not in repr(static)
+    assert static.has_ssh  # SSH still reaches the files and the web services
+    no_ssh = {k: v for k, v in env.items() if not k.startswith("JARVICE_SLURM_")}
+    alone = load({**no_ssh, **REST, "JARVICE_SLURM_SA_TOKEN": JWT, "JARVICE_SLURM_SCRATCH_DIR": "/scratch"})
+    assert not alone.has_ssh and alone.rest is not None
+    assert load({**env, "JARVICE_SLURM_CLIENT": "ssh_client", **{k: v for k, v in REST.items() if k != "JARVICE_SLURM_CLIENT"}}).rest is None
+
+
+@pytest.mark.parametrize(("extra", "variable", "why"), [
+    ({"JARVICE_SLURM_CLIENT": "rest"}, "JARVICE_SLURM_CLIENT", "expected ssh_client or slurmrestd_client"),
+    ({"JARVICE_SLURMRESTD_URL": ""}, "JARVICE_SLURMRESTD_URL", "is required"),
+    ({"JARVICE_SLURMRESTD_URL": "login:6820"}, "JARVICE_SLURMRESTD_URL", "http:// or https://"),
+    ({}, "JARVICE_SLURM_SA_TOKEN", "needs a service identity"),
+    ({"JARVICE_SLURM_SA_TOKEN": "not-a-jwt"}, "JARVICE_SLURM_SA_TOKEN", "not a JWT"),
+    ({"JARVICE_KEYCLOAK_TOKEN_URL": "http://kc/token"}, "JARVICE_KEYCLOAK_CLIENT_SECRET", "is required"),
+    ({"JARVICE_SLURM_SA_TOKEN": JWT, "JARVICE_SLURM_DATA_PARSER_VERSION": "42"},
+     "JARVICE_SLURM_DATA_PARSER_VERSION", "auto or a version"),
+])
+def test_an_unusable_slurmrestd_setting_is_named_in_one_line(env: dict[str, str], extra: dict[str, str], variable: str,
+                                                             why: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load({**env, "JARVICE_SLURM_CLIENT": "slurmrestd_client", "JARVICE_SLURMRESTD_URL": "http://login:6820"})
-    assert info.value.variable == "JARVICE_SLURM_CLIENT"
-    assert "not supported" in info.value.why and "\n" not in str(info.value)
-    assert load({**env, "JARVICE_SLURM_CLIENT": "ssh_client"}).cluster_addr == "login.example.org"
-    with pytest.raises(ConfigError, match="expected ssh_client or slurmrestd_client"):
-        load({**env, "JARVICE_SLURM_CLIENT": "rest"})
+        load({**env, **REST, **extra})
+    assert info.value.variable == variable and why in info.value.why and "\n" not in str(info.value)
+
+
+def test_without_ssh_the_scratch_dir_must_be_absolute(env: dict[str, str]) -> None:
+    no_ssh = {k: v for k, v in env.items() if not k.startswith("JARVICE_SLURM_")}
+    with pytest.raises(ConfigError, match="JARVICE_SLURM_SCRATCH_DIR: must be an absolute path"):
+        load({**no_ssh, **REST, "JARVICE_SLURM_SA_TOKEN": JWT})
 
 
 def test_both_cert_issuers_is_an_error(env: dict[str, str]) -> None:

@@ -1,0 +1,169 @@
+"""RestSlurm's answers to what slurmrestd says, on a scripted transport (httpx.MockTransport).
+
+The real slurmrestd runs in the contract and integration tests; here its recorded answers (and
+the failures that cannot be made on demand: a lost answer, a 401 mid-run, slurmctld timing out
+behind slurmrestd) are played back so each mapping to the daemon's errors is pinned down:
+503-class (``ClusterUnavailable``) keeps jobs as they were, a refusal (``CommandFailed``) is a
+400 naming Slurm's reason, and a lost submit answer (``AnswerLost``) makes the daemon look the
+job up instead of submitting twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters import jobscript
+from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.slurm.rest import RestSlurm
+from tests.support.upstream import submit_args
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurmrestd"
+
+
+def recorded(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+class Tokens:
+    """A token source that hands out numbered tokens and records invalidations."""
+
+    description = "the test's token source"
+    username = "jarvice"
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.invalidated: list[str] = []
+
+    async def token(self) -> str:
+        if not self.issued or (self.invalidated and self.invalidated[-1] == f"t{self.issued}"):
+            self.issued += 1
+        return f"t{self.issued}"
+
+    def invalidate(self, token: str) -> None:
+        self.invalidated.append(token)
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler, tokens: Tokens | None = None) -> RestSlurm:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    rest = RestSlurm("http://slurmrestd:6820", tokens or Tokens(), user="jarvice", scratch_dir="/scratch", http=http)
+    rest.parser = "v0.0.42"
+    return rest
+
+
+def submission() -> jobscript.Submission:
+    args = submit_args("rest-unit", 3, "echo hi", marker=False)
+    return jobscript.build(args, "singularity", jobscript.ScriptEnvironment(scratch_dir="/scratch"))
+
+
+async def test_a_refused_token_is_retried_once_with_a_fresh_one() -> None:
+    tokens = Tokens()
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["X-SLURM-USER-TOKEN"])
+        if request.headers["X-SLURM-USER-TOKEN"] == "t1":
+            return httpx.Response(401, text="Authentication failure")
+        return httpx.Response(200, json=recorded("held-24.11-v0.0.42.json"))
+
+    poll = await client(handler, tokens).poll()
+    assert seen == ["t1", "t2"] and tokens.invalidated == ["t1"]
+    assert [j.code for j in poll.jobs.values()] == ["PD"]
+
+
+async def test_a_token_refused_twice_is_unavailable_naming_its_source() -> None:
+    rest = client(lambda request: httpx.Response(401))
+    with pytest.raises(ClusterUnavailable, match="the test's token source"):
+        await rest.poll()
+
+
+async def test_slurmctld_not_answering_behind_slurmrestd_is_unreachable_not_a_refusal() -> None:
+    body = {"jobs": [], "errors": [{"description": "Unable to contact slurm controller (connect failure)",
+                                    "error_number": 1800, "error": "Unable to contact slurm controller"}]}
+    rest = client(lambda request: httpx.Response(500, json=body))
+    with pytest.raises(SlurmUnreachable):
+        await rest.poll()
+    with pytest.raises(SlurmUnreachable):  # sbatch's fate unknown: the caller looks the job up
+        await rest.submit(submission())
+
+
+async def test_slurmrestd_down_or_failing_is_unavailable() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(ClusterUnavailable, match="unreachable"):
+        await client(refused).poll()
+    with pytest.raises(ClusterUnavailable, match="HTTP 502"):
+        await client(lambda request: httpx.Response(502, text="Bad Gateway")).poll()
+
+
+async def test_a_submit_whose_answer_is_lost_is_in_doubt() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    with pytest.raises(AnswerLost):
+        await client(timeout).submit(submission())
+    with pytest.raises(AnswerLost):
+        await client(lambda request: httpx.Response(200, json={"errors": []})).submit(submission())
+
+
+async def test_a_refused_job_is_a_refusal_with_slurms_words() -> None:
+    rest = client(lambda request: httpx.Response(500, json=recorded("submit-refused-24.11-v0.0.42.json")))
+    with pytest.raises(CommandFailed, match="Invalid partition name specified"):
+        await rest.submit(submission())
+
+
+async def test_a_submit_sends_the_script_and_returns_slurms_job_id() -> None:
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"job_id": 41, "step_id": "batch", "errors": [], "warnings": []})
+
+    assert await client(handler).submit(submission()) == "41"
+    (body,) = sent
+    assert body["job"]["name"] == "jarvice_rest-unit" and body["job"]["script"].startswith("#!/bin/bash")
+
+
+async def test_nothing_changed_reuses_the_last_complete_listing() -> None:
+    asked: list[str | None] = []
+    answers = [recorded("running-24.11-v0.0.42.json"), recorded("nochange-24.11-v0.0.42.json")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("update_time"))
+        return httpx.Response(200, json=answers[min(len(asked), 2) - 1])
+
+    rest = client(handler)
+    first = await rest.poll()
+    second = await rest.poll()
+    assert asked[0] is None and asked[1] == str(recorded("running-24.11-v0.0.42.json")["last_update"]["number"])
+    assert second.complete and set(second.jobs) == set(first.jobs) == {"5", "6"}
+
+
+async def test_the_oldest_parsers_always_get_a_complete_listing() -> None:
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("update_time"))
+        return httpx.Response(200, json=recorded("jobs-24.11-v0.0.40.json"))
+
+    rest = client(handler)
+    rest.parser = "v0.0.40"  # they answer 422 to a numeric update_time
+    await rest.poll()
+    await rest.poll()
+    assert asked == [None, None]
+
+
+async def test_an_unknown_job_is_known_nowhere_and_cannot_be_cancelled() -> None:
+    rest = client(lambda request: httpx.Response(404, json=recorded("job-unknown-24.11-v0.0.42.json")))
+    facts = await rest.inspect("987654321")
+    assert facts.squeue is None and facts.accounting is None
+    with pytest.raises(CommandFailed, match="Invalid job id"):
+        await rest.cancel("987654321", "anything")
