@@ -143,9 +143,13 @@ def record_of(record: Mapping[str, Any], now: float | None = None) -> Accounting
 
 
 # ------------------------------------------------------------------ /events: a job as readable text
-_SHOWN = ("job_id", "name", "user_name", "account", "partition", "job_state", "state_reason", "comment", "nodes",
-          "node_count", "tasks", "cpus", "submit_time", "start_time", "end_time", "time_limit", "exit_code",
-          "restart_cnt", "standard_output", "current_working_directory", "batch_host")
+# REST field -> the name ``scontrol show job`` prints it under, in scontrol's order
+_SHOWN = {"job_id": "JobId", "name": "JobName", "user_name": "UserId", "account": "Account", "partition": "Partition",
+          "job_state": "JobState", "state_reason": "Reason", "restart_cnt": "Restarts", "submit_time": "SubmitTime",
+          "start_time": "StartTime", "end_time": "EndTime", "time_limit": "TimeLimit", "nodes": "NodeList",
+          "batch_host": "BatchHost", "node_count": "NumNodes", "cpus": "NumCPUs", "tasks": "NumTasks",
+          "comment": "Comment", "exit_code": "ExitCode", "current_working_directory": "WorkDir",
+          "standard_output": "StdOut"}
 
 
 def _readable(value: Any) -> str:
@@ -166,7 +170,7 @@ def _readable(value: Any) -> str:
 def show_job_text(record: Mapping[str, Any]) -> str:
     """``Key=Value`` lines in the spirit of ``scontrol show job``; times as ISO dates."""
     words = []
-    for key in _SHOWN:
+    for key, label in _SHOWN.items():
         if key not in record:
             continue
         value = record[key]
@@ -174,7 +178,7 @@ def show_job_text(record: Mapping[str, Any]) -> str:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(n))
         else:
             text = _readable(value)
-        words.append(f"{''.join(p.capitalize() for p in key.split('_'))}={text}")
+        words.append(f"{label}={text or '(null)'}")
     return " ".join(words) + "\n"
 
 

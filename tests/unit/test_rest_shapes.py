@@ -65,7 +65,7 @@ def test_slurms_refusal_reads_as_sbatch_words_it() -> None:
 def test_show_job_is_readable_key_value_text() -> None:
     record = next(r for r in fixture("running-26.05-v0.0.45.json")["jobs"] if r["name"] == "jarvice_fails")
     text = shapes.show_job_text(record)
-    assert "JobState=FAILED" in text and "ExitCode=3:0" in text and "Name=jarvice_fails" in text
+    assert "JobState=FAILED" in text and "ExitCode=3:0" in text and "JobName=jarvice_fails" in text
     assert "{" not in text
 
 
