@@ -171,8 +171,9 @@ class Downstream:
         info = await self.slurm.preflight()
         self.script_env = replace(self.script_env, scratch_dir=self.slurm.scratch_dir)
         self.cluster = info
-        log.info("cluster: %s, MinJobAge %ss, finished jobs looked up with %s, scratch %s",
-                 info.version, info.min_job_age, self.slurm.accounting, self.slurm.scratch_dir)
+        log.info("cluster: %s, MinJobAge %s, finished jobs looked up with %s, scratch %s", info.version,
+                 "unknown" if info.min_job_age is None else f"{info.min_job_age}s", self.slurm.accounting,
+                 self.slurm.scratch_dir)
         return info
 
     def restore(self) -> None:

@@ -67,7 +67,10 @@ class ClusterInfo:
     probe: ProbeFacts | None = field(default=None, repr=False)  # everything the start-up probe saw (preflight checks)
 
     @property
-    def min_job_age(self) -> int:
+    def min_job_age(self) -> int | None:
+        """MinJobAge (Slurm's default when slurm.conf omits it); None when unknown (slurmrestd does not serve it)."""
+        if not self.config:
+            return None
         age = parsers.min_job_age(self.config)
         return 300 if age is None else age  # Slurm's default
 

@@ -72,7 +72,8 @@ def test_the_slurmrestd_client_takes_the_charts_variables(env: dict[str, str]) -
     no_ssh = {k: v for k, v in env.items() if not k.startswith("JARVICE_SLURM_")}
     alone = load({**no_ssh, **REST, "JARVICE_SLURM_SA_TOKEN": JWT, "JARVICE_SLURM_SCRATCH_DIR": "/scratch"})
     assert not alone.has_ssh and alone.rest is not None
-    assert load({**env, "JARVICE_SLURM_CLIENT": "ssh_client", **{k: v for k, v in REST.items() if k != "JARVICE_SLURM_CLIENT"}}).rest is None
+    url_only = {"JARVICE_SLURMRESTD_URL": REST["JARVICE_SLURMRESTD_URL"]}
+    assert load({**env, "JARVICE_SLURM_CLIENT": "ssh_client", **url_only}).rest is None
 
 
 @pytest.mark.parametrize(("extra", "variable", "why"), [

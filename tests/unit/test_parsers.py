@@ -302,7 +302,8 @@ def test_parse_config_full() -> None:
 
 
 def test_cluster_info_defaults_without_config() -> None:
-    assert ClusterInfo(version="", home="/").min_job_age == 300
+    assert ClusterInfo(version="", home="/").min_job_age is None  # nothing read (slurmrestd serves no config)
+    assert ClusterInfo(version="", home="/", config={"SelectType": "select/cons_tres"}).min_job_age == 300
     assert ClusterInfo(version="", home="/", config={"MinJobAge": "10 sec"}).min_job_age == 10
     assert ClusterInfo(version="", home="/", config={"MinJobAge": "garbled"}).min_job_age == 300
 
