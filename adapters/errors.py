@@ -45,3 +45,15 @@ class CommandFailed(DownstreamError):
         self.exit_status = exit_status
         self.stderr = stderr.strip()
         super().__init__(f"{command.split(' ', 1)[0]} exited {exit_status}: {self.stderr[:500]}")
+
+
+class Misconfigured(DownstreamError):
+    """The cluster's answer proves a setting unusable, for good (e.g. a data parser slurmrestd does not serve).
+
+    Unlike ``ClusterUnavailable`` waiting will not help: the daemon stops at start-up naming the variable.
+    """
+
+    def __init__(self, variable: str, why: str) -> None:
+        super().__init__(f"{variable}: {why}")
+        self.variable = variable
+        self.why = why

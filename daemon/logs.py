@@ -97,7 +97,9 @@ def secrets_of(settings: Settings) -> list[str]:
                 found.append(b64)
     found += [password for url in (settings.http_proxy, settings.https_proxy) if (password := url_password(url))]
     found.append(settings.ssh_pkey.strip())
-    return found
+    if settings.rest is not None:  # the service identity: its static token, or the client's secret
+        found += [settings.rest.sa_token, settings.rest.client_secret]
+    return [value for value in found if value]
 
 
 def register_secrets(settings: Settings, redactor: Redactor = REDACTOR) -> None:

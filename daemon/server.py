@@ -11,11 +11,10 @@ from functools import partial
 
 import httpx
 import trio
-from adapters.tokens import ClientCredentials, StaticToken, TokenSource
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from adapters.errors import DownstreamError
+from adapters.errors import DownstreamError, Misconfigured
 from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
 from adapters.kube.domain import JobsDomain
@@ -26,6 +25,7 @@ from adapters.slurm.client import SUBMIT_SHELLS, SlurmClient
 from adapters.slurm.files import NoClusterFiles, SshClusterFiles
 from adapters.slurm.rest import RestSlurm
 from adapters.ssh import SSHClient, SSHTarget, load_private_key
+from adapters.tokens import ClientCredentials, StaticToken, TokenSource
 from config.settings import ConfigError, RestSettings, Settings
 from daemon.admin import admin_blueprint, config_view
 from daemon.api import VERSION, create_app
@@ -113,6 +113,8 @@ async def connectivity_test(downstream: Downstream) -> bool:
     log.info(" Now testing connectivity to target cluster...")
     try:
         await downstream.preflight()
+    except Misconfigured as exc:  # waiting will not help: stop, naming the variable (exit 2)
+        raise ConfigError(exc.variable, exc.why) from None
     except DownstreamError as exc:
         log.warning(" %s failed: %s", "slurmrestd" if isinstance(downstream.slurm, SlurmCluster) else "SSH", exc)
         log.warning(" Could not connect to remote cluster! :(")

@@ -23,7 +23,14 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
+from adapters.errors import (
+    AnswerLost,
+    ClusterUnavailable,
+    CommandFailed,
+    DownstreamError,
+    Misconfigured,
+    SlurmUnreachable,
+)
 from adapters.jobscript import NAME_RE, Submission, jobs_dir_of
 from adapters.slurm import rest_shapes as shapes
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
@@ -148,7 +155,7 @@ class RestSlurm:
         try:
             self.parser = shapes.choose_parser(self.offered, self.wanted_parser)
         except ValueError as exc:
-            raise CommandFailed("openapi", None, str(exc)) from None
+            raise Misconfigured("JARVICE_SLURM_DATA_PARSER_VERSION", str(exc)) from None
         return self.parser
 
     async def preflight(self) -> ClusterInfo:

@@ -32,6 +32,7 @@ BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-tes
 # through it (JARVICE_SLURM_CLIENT=slurmrestd_client) on those: their ids say ``[slurm-24.11-rest]``
 REST_VERSIONS = ("24.11", "26.05")
 REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
+REST_ONLY = {"test_rest_mode"}  # modules about slurmrestd itself: only ``[slurm-<v>-rest]``
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
                  "test_preflight", "test_topology"}
@@ -120,7 +121,10 @@ def using(version: str) -> Iterator[Cluster]:
 def generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the modules of EVERY_VERSION once per version, each test's id naming it (``[slurm-24.11]``)."""
     module = metafunc.module.__name__.rpartition(".")[2]
-    if "slurm_cluster" in metafunc.fixturenames and module in EVERY_VERSION:
+    if "slurm_cluster" in metafunc.fixturenames and module in REST_ONLY:
+        params = [f"{v}-rest" for v in VERSIONS if v in REST_VERSIONS]
+        metafunc.parametrize("slurm_cluster", params, ids=[f"slurm-{v}" for v in params], indirect=True, scope="module")
+    elif "slurm_cluster" in metafunc.fixturenames and module in EVERY_VERSION:
         params = [*VERSIONS, *(f"{v}-rest" for v in VERSIONS if v in REST_VERSIONS and module in REST_MODULES)]
         metafunc.parametrize("slurm_cluster", params, ids=[f"slurm-{v}" for v in params], indirect=True,
                              scope="module")
