@@ -34,16 +34,18 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
         hint = ("set JARVICE_SLURM_DATA_PARSER_VERSION=auto, or to one the server offers"
                 if control.offered else "check JARVICE_SLURMRESTD_URL, that slurmrestd runs there and accepts the token")
         return [Check("slurmrestd", "error", f"{rest.url}: {exc}", hint)]
-    checks.append(Check("slurmrestd", "ok", f"{rest.url}, token from {rest.token_source} accepted"))
     offered = ", ".join(control.offered)
     checks.append(Check("data parser", "ok", f"{parser} (offered: {offered}; asked: {rest.parser})"))
     try:
         await control.ping()
         users = await control.visible_users()
     except DownstreamError as exc:
-        checks.append(Check("slurmctld", "error", f"through slurmrestd: {exc}", "check slurmctld and slurmrestd's logs"))
+        checks.append(Check("slurmrestd", "error", f"{rest.url}: {exc}",
+                            "check that slurmctld accepts the token (AuthAltTypes=auth/jwt, AuthAltParameters=jwks=...) "
+                            "and slurmctld's and slurmrestd's logs"))
         return checks
-    checks.append(Check("slurmctld", "ok", "answers slurmrestd"))
+    checks.insert(0, Check("slurmrestd", "ok", f"{rest.url}: slurmctld answers and accepts the token from "
+                                               f"{rest.token_source}"))
     others = sorted(u for u in users if u != control.service_user)
     if others:
         checks.append(Check("job visibility", "ok", f"the service user sees jobs of {len(others)} other user(s)"))

@@ -69,8 +69,8 @@ async def test_a_refused_token_is_retried_once_with_a_fresh_one() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["X-SLURM-USER-TOKEN"])
-        if request.headers["X-SLURM-USER-TOKEN"] == "t1":
-            return httpx.Response(401, text="Authentication failure")
+        if request.headers["X-SLURM-USER-TOKEN"] == "t1":  # as 24.11 and 26.05 refuse an expired token
+            return httpx.Response(511, json={"errors": [{"error_number": 1007, "error": "Protocol authentication error"}]})
         return httpx.Response(200, json=recorded("held-24.11-v0.0.42.json"))
 
     poll = await client(handler, tokens).poll()
