@@ -6,13 +6,19 @@ local stand-in of Keycloak's token endpoint, ``tests/support/oidc.py``: no Keycl
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
 
 from config.settings import ConfigError
 from daemon.server import serve
-from tests.integration.conftest import settings, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name
+from tests.support.cluster import current
 from tests.support.upstream import submit_args
 
 
@@ -61,3 +67,86 @@ async def test_a_fixed_data_parser_is_used_or_refused_at_start(nursery: trio.Nur
     with trio.fail_after(30), pytest.raises(ConfigError, match="does not serve data parser v0.0.39 .*serves v0.0.4"):
         await nursery.start(lambda task_status: serve(conf, "127.0.0.1", 0, handle_signals=False,
                                                       task_status=task_status))
+
+
+class Slurmrestd:
+    """The test cluster's slurmrestd, killed and started again exactly as ``tests/cluster/up`` started it."""
+
+    def __init__(self) -> None:
+        self.state = current().state
+        self.pidfile = self.state / "slurmrestd.pid"
+        self.argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text().strip())
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    async def start(self) -> None:
+        script = 'echo $$ > "$1"; log=$2; shift 2; exec env SLURM_JWT=daemon "$@" >>"$log" 2>&1'
+        subprocess.run(["setsid", "-f", str(self.state / "bin" / "enter"), "login", "/bin/sh", "-c", script, "sh",
+                        str(self.pidfile), str(self.state / "log" / "slurmrestd.log"), *map(os.fsdecode, self.argv)],
+                       check=True, timeout=30)
+        url = current().rest_url
+        with trio.fail_after(30):
+            while True:
+                try:
+                    async with httpx.AsyncClient() as probe:
+                        await probe.get(f"{url}/openapi/v3", timeout=2)
+                    return
+                except httpx.HTTPError:
+                    await trio.sleep(0.2)
+
+
+async def until_status(daemon: Daemon, path: str, status: int, timeout: float = 60) -> None:
+    with trio.fail_after(timeout):
+        while (await daemon.upstream.client.get(path)).status_code != status:
+            await trio.sleep(0.2)
+
+
+async def test_slurmrestd_killed_and_started_again_under_running_jobs(nursery: trio.Nursery) -> None:
+    """503 while it is down (jobs keep their state, nothing submitted twice); after it is back every job ends right."""
+    restd = Slurmrestd()
+    async for daemon in start_daemon(nursery, settings()):
+        names = [unique_name(f"restd{i}") for i in range(3)]
+        jobids = {}
+        for i, name in enumerate(names):
+            jobids[name], _ = await daemon.upstream.call("/submit", submit_args(name, 40 + i, f"sleep 12; exit {i}",
+                                                                                marker=False))
+        for name in names:
+            await daemon.wait_phase(name, "running")
+        restd.kill()
+        await until_status(daemon, "/queued", 503)
+        refused = await daemon.upstream.post("/submit", submit_args(unique_name("restd-down"), 49, "true"))
+        assert refused.status_code == 503 and "error" in refused.json()
+        await trio.sleep(14)  # the jobs end while slurmrestd is down
+        await restd.start()
+        for i, name in enumerate(names):
+            await daemon.wait_phase(name, "finished")
+            rc, _, _ = await daemon.upstream.call("/exitstatus", ids(name, 40 + i, jobids[name]))
+            assert rc == (0 if i == 0 else 1)
+            assert slurm("squeue", "-h", "-t", "all", "-n", f"jarvice_{name}", "-o", "%i").stdout.split() in (
+                [jobids[name]], [])  # one job per name, never a second
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_token_that_expires_while_the_token_endpoint_is_down(nursery: trio.Nursery) -> None:
+    """Short-lived tokens, then the endpoint fails: 503 once the token is refused, none lost, back by itself."""
+    cluster = current()
+    cluster.oidc("config", lifetime=6)
+    try:
+        async for daemon in start_daemon(nursery, settings()):
+            name = unique_name("tokexp")
+            jobid, _ = await daemon.upstream.call("/submit", submit_args(name, 51, "sleep 10", marker=False))
+            await daemon.wait_phase(name, "running")
+            cluster.oidc("config", fail=True)
+            await until_status(daemon, "/running", 503, timeout=40)  # the last token expired; no new one
+            cluster.oidc("config", fail=False)
+            await daemon.wait_phase(name, "finished", timeout=60)
+            rc, _, (_, termination) = await daemon.upstream.call("/exitstatus", ids(name, 51, jobid))
+            assert rc == 0 and "COMPLETED" in termination
+        nursery.cancel_scope.cancel()
+    finally:
+        cluster.oidc("reset")
