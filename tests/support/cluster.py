@@ -7,8 +7,9 @@ directories follow one rule, shared with the Makefile and ``tests/cluster/up``:
 that name with ``-24.11`` or ``-26.05`` appended for the others.
 
 Tests that run on every version are parametrised by ``pytest_generate_tests`` below (used by
-the integration and contract conftests); the rest run on the first version listed. Either
-way ``current()`` is the cluster the running test is about.
+the integration and contract conftests); those of slurmrestd on every version that has it
+(24.11, 26.05); the rest run on the first version listed. Either way ``current()`` is the
+cluster the running test is about.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 TESTED = ("22.05", "24.11", "26.05")
@@ -32,7 +34,8 @@ BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-tes
 # through it (JARVICE_SLURM_CLIENT=slurmrestd_client) on those: their ids say ``[slurm-24.11-rest]``
 REST_VERSIONS = ("24.11", "26.05")
 REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
-REST_ONLY = {"test_rest_mode"}  # modules about slurmrestd itself: only ``[slurm-<v>-rest]``
+# modules about slurmrestd itself: only ``[slurm-<v>-rest]`` (with SLURM_VERSIONS=22.05 alone: skipped, empty set)
+REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth"}
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
                  "test_preflight", "test_topology"}
@@ -80,6 +83,57 @@ class Cluster:
     def host(self) -> str:
         """The login node's address as the daemon reaches it (the front of its namespace)."""
         return read_exports(self.env_file)["JARVICE_SLURM_CLUSTER_ADDR"]
+
+    # slurmrestd and the OIDC stand-in of Keycloak (24.11, 26.05; tests/cluster/up, tests/support/oidc.py)
+
+    @property
+    def has_rest(self) -> bool:
+        return "JARVICE_SLURMRESTD_URL" in read_exports(self.env_file)
+
+    def _rest_env(self, key: str, file: str = "daemon.env") -> str:
+        env = read_exports(self.state / file)
+        if key not in env:
+            raise LookupError(f"the Slurm {self.version} test cluster in {self.state} has no slurmrestd ({key} unset)")
+        return env[key]
+
+    @property
+    def rest_url(self) -> str:
+        """slurmrestd on the login node (``http://10.214.N.2:6820``)."""
+        return self._rest_env("JARVICE_SLURMRESTD_URL")
+
+    @property
+    def token_url(self) -> str:
+        """The stand-in's Keycloak token endpoint (``.../realms/jarvice/protocol/openid-connect/token``)."""
+        return self._rest_env("JARVICE_KEYCLOAK_TOKEN_URL")
+
+    @property
+    def client_id(self) -> str:
+        return self._rest_env("JARVICE_KEYCLOAK_CLIENT_ID")
+
+    @property
+    def client_secret(self) -> str:
+        return self._rest_env("JARVICE_KEYCLOAK_CLIENT_SECRET")
+
+    @property
+    def static_token(self) -> str:
+        """A 30-day service token (``TESTCLUSTER_SLURM_SA_TOKEN``; pass it as JARVICE_SLURM_SA_TOKEN)."""
+        return self._rest_env("TESTCLUSTER_SLURM_SA_TOKEN")
+
+    @property
+    def oidc_admin(self) -> str:
+        """The stand-in's test-only admin endpoints (``http://10.214.N.1:8180/admin``)."""
+        return self._rest_env("TESTCLUSTER_OIDC_ADMIN", "env.sh")
+
+    def oidc(self, what: str, **body: object) -> dict:
+        """POST ``body`` to the stand-in's admin endpoint ``what`` (token, config, reset): its JSON answer.
+
+        ``oidc("token", username="alice", lifetime=60, forged=False, claim=True)`` mints a token;
+        ``oidc("config", lifetime=5, fail=True, delay=0.5)`` turns the token endpoint's knobs;
+        ``oidc("reset")`` puts them back (tests that turn them must reset: the stand-in is the cluster's).
+        """
+        response = httpx.post(f"{self.oidc_admin}/{what}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
 
     def is_up(self) -> bool:
         """tests/cluster/status: every daemon of the cluster runs and answers (not merely: daemon.env exists)."""
