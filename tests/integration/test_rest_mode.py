@@ -123,6 +123,7 @@ async def test_slurmrestd_killed_and_started_again_under_running_jobs(nursery: t
         assert refused.status_code == 503 and "error" in refused.json()
         await trio.sleep(14)  # the jobs end while slurmrestd is down
         await restd.start()
+        await until_status(daemon, "/queued", 200)  # fresh again: the first poll through the new slurmrestd
         for i, name in enumerate(names):
             await daemon.wait_phase(name, "finished")
             rc, _, _ = await daemon.upstream.call("/exitstatus", ids(name, 40 + i, jobids[name]))
@@ -144,6 +145,7 @@ async def test_a_token_that_expires_while_the_token_endpoint_is_down(nursery: tr
             cluster.oidc("config", fail=True)
             await until_status(daemon, "/running", 503, timeout=40)  # the last token expired; no new one
             cluster.oidc("config", fail=False)
+            await until_status(daemon, "/running", 200)
             await daemon.wait_phase(name, "finished", timeout=60)
             rc, _, (_, termination) = await daemon.upstream.call("/exitstatus", ids(name, 51, jobid))
             assert rc == 0 and "COMPLETED" in termination
