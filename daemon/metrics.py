@@ -50,6 +50,13 @@ _SCOPE_KEY = "slurm_downstream.endpoint"
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+class RestStats(Protocol):
+    """What the collector reads of ``adapters.slurm.rest.RestSlurm``."""
+
+    requests: int
+    tokens: object
+
+
 class SSHStats(Protocol):
     """What the collector reads of ``adapters.ssh.SSHClient`` at scrape time."""
 
@@ -92,6 +99,13 @@ class _Live(Collector):
                                       value=max(0, m.ssh.connects - 1))
             yield CounterMetricFamily(f"{PREFIX}_ssh_commands", "Remote commands completed over SSH",
                                       value=m.ssh.commands)
+        if m.rest is not None:
+            yield CounterMetricFamily(f"{PREFIX}_slurmrestd_requests", "Requests sent to slurmrestd",
+                                      value=m.rest.requests)
+            fetched = getattr(m.rest.tokens, "fetch_count", None)
+            if fetched is not None:
+                yield CounterMetricFamily(f"{PREFIX}_token_fetches", "Service tokens fetched from the token endpoint",
+                                          value=fetched)
         if m.refused is not None:
             yield CounterMetricFamily(f"{PREFIX}_transitions_refused", "Illegal job state transitions refused",
                                       value=m.refused())
@@ -112,6 +126,7 @@ class Metrics:
                  ssh: SSHStats | None = None, refused: Callable[[], int] | None = None) -> None:
         self.jobs = jobs
         self.ssh = ssh
+        self.rest: RestStats | None = None  # slurmrestd_client: its request count (and its tokens' fetches)
         self.refused = refused
         r = self.registry = CollectorRegistry()
         # the process as admins size it: resident memory, CPU, open files; and the collector's runs

@@ -157,6 +157,7 @@ def build_slurm(settings: Settings, ssh: SSHClient | None, metrics: Metrics,
     control = RestSlurm(settings.rest.url, token_source(settings.rest, http), user=settings.ssh_user,
                         scratch_dir=settings.scratch_dir, parser=settings.rest.parser, http=http,
                         timeout=settings.command_timeout)
+    metrics.rest = control
     files = (SshClusterFiles(runner, scratch_dir=settings.scratch_dir, job_group=settings.job_group)
              if runner is not None else NoClusterFiles(settings.scratch_dir))
     return SlurmCluster(control, files), 0

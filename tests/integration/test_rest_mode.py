@@ -50,6 +50,10 @@ async def test_without_ssh_batch_jobs_run_and_what_cannot_be_shown_says_why(nurs
         ssh_check = next(c for c in admin["preflight"] if c["name"] == "ssh")
         assert ssh_check["level"] == "warning" and "interactive jobs are refused" in ssh_check["detail"]
         assert any(c["name"] == "data parser" and c["level"] == "ok" for c in admin["preflight"])
+        metrics = (await daemon.upstream.client.get("/metrics")).text
+        requests = next(line for line in metrics.splitlines() if line.startswith("slurm_downstream_slurmrestd_requests"))
+        assert float(requests.split()[-1]) > 0 and "slurm_downstream_token_fetches" in metrics
+        assert conf.rest.client_secret not in metrics and conf.rest.client_secret not in str(admin)
     nursery.cancel_scope.cancel()
 
 
