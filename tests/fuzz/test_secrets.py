@@ -11,6 +11,10 @@ the submit, queued, running, runstatus, events, tail, exitstatus) plus errors wi
 secrets in the input, and reads every argument-free GET route of the served app
 (so /admin, /admin/state and /metrics are read, and any such route added later).
 Every answer and every log line is then searched for every secret, raw and base64.
+
+The session runs twice: over SSH (the first Slurm version), and through slurmrestd on the
+first version whose test cluster runs it (JWT service tokens from the OIDC stand-in; the
+client secret is one more secret, and no JWT of any kind may show anywhere).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +38,7 @@ from daemon.logs import configure_logging
 from tests.fuzz.conftest import LiveDaemon, daemon_thread, post_args, wait_gone
 from tests.fuzz.strategies import BASE_FIELDS, b64, render_script, script_line, submit_args
 from tests.integration.conftest import cluster_env, settings, unique_name
+from tests.support.cluster import REST_VERSIONS, VERSIONS, using
 
 pytestmark = pytest.mark.cluster
 
@@ -223,20 +229,35 @@ def drive(daemon: LiveDaemon, secrets: Secrets) -> tuple[list[tuple[str, str]], 
     return answers, tail.text
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[Session]:
-    secrets = make_secrets()
-    with every_log_record(logging.DEBUG) as logs:
-        conf = settings(**secrets.env)
-        assert conf.log_level == logging.DEBUG
-        with daemon_thread(conf) as daemon:
-            answers, tail = drive(daemon, secrets)
+JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+@pytest.fixture(scope="module", params=["ssh_client", "slurmrestd_client"])
+def session(request: pytest.FixtureRequest) -> Iterator[Session]:
+    rest = [v for v in VERSIONS if v in REST_VERSIONS]
+    if request.param == "ssh_client":
+        version = VERSIONS[0]
+    elif rest:
+        version = f"{rest[0]}-rest"
+    else:
+        pytest.skip("no test cluster with slurmrestd in SLURM_VERSIONS (24.11 or 26.05)")
+    with using(version):
+        secrets = make_secrets()
+        if request.param == "slurmrestd_client":
+            secrets.forms["Keycloak client secret"] = cluster_env()["JARVICE_KEYCLOAK_CLIENT_SECRET"]
+        with every_log_record(logging.DEBUG) as logs:
+            conf = settings(**secrets.env)
+            assert conf.log_level == logging.DEBUG and conf.slurm_client == request.param
+            with daemon_thread(conf) as daemon:
+                answers, tail = drive(daemon, secrets)
     yield Session(secrets, answers, logs, tail)
 
 
 def leaks(secrets: Secrets, surfaces: list[tuple[str, str]]) -> list[str]:
     found = []
     for where, text in surfaces:
+        if jwt := JWT_RE.search(text):  # the service token (fetched, never configured here) or any other
+            found.append(f"a JWT in {where}: ...{text[max(0, jwt.start() - 80):jwt.start() + 20]!r}...")
         for label, secret in secrets.forms.items():
             at = text.find(secret)
             if at >= 0:
