@@ -107,7 +107,12 @@ class RestSlurm:
                        params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """One request with the service token; a 401/403 once more with a fresh token. (status, body)."""
         for attempt in (1, 2):
-            token = await self.tokens.token()
+            try:
+                token = await self.tokens.token()
+            except ClusterUnavailable:
+                raise
+            except DownstreamError as exc:  # refused by the token endpoint: as unusable as a refused token
+                raise ClusterUnavailable(f"{what}: no service token: {exc}") from None
             self.requests += 1
             try:
                 response = await self.http.request(method, url, json=json, params=params,

@@ -6,6 +6,7 @@ local stand-in of Keycloak's token endpoint, ``tests/support/oidc.py``: no Keycl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,25 @@ async def test_without_ssh_batch_jobs_run_and_what_cannot_be_shown_says_why(nurs
         requests = next(line for line in metrics.splitlines() if line.startswith("slurm_downstream_slurmrestd_requests"))
         assert float(requests.split()[-1]) > 0 and "slurm_downstream_token_fetches" in metrics
         assert conf.rest.client_secret not in metrics and conf.rest.client_secret not in str(admin)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_wrong_client_secret_is_a_503_and_preflight_names_the_client(nursery: trio.Nursery) -> None:
+    conf = settings(JARVICE_KEYCLOAK_CLIENT_SECRET="not-the-secret")
+    binds = await nursery.start(lambda task_status: serve(conf, "127.0.0.1", 0, handle_signals=False,
+                                                           task_status=task_status))
+    user, password = conf.server_key.split(":", 1)
+    async with httpx.AsyncClient(base_url=binds[0], auth=(user, password)) as upstream:
+        assert (await upstream.get("/ready")).status_code == 503
+        queued = await upstream.get("/queued")
+        assert queued.status_code == 503 and "error" in queued.json()
+        submit = await upstream.post("/submit", data={"args": json.dumps(submit_args(unique_name("badsecret"), 61,
+                                                                                         "true"))})
+        assert submit.status_code == 503
+        admin = (await upstream.get("/admin/state")).json()
+    check = next(c for c in admin["preflight"] if c["name"] == "slurmrestd")
+    assert check["level"] == "error" and conf.rest.client_id in check["detail"] and "unauthorized_client" in check["detail"]
+    assert "not-the-secret" not in json.dumps(admin)
     nursery.cancel_scope.cancel()
 
 
