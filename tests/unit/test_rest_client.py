@@ -20,6 +20,7 @@ import pytest
 from adapters import jobscript
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.slurm.rest import RestSlurm
+from adapters.tokens import TokenRefused
 from tests.support.upstream import submit_args
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurmrestd"
@@ -167,3 +168,13 @@ async def test_an_unknown_job_is_known_nowhere_and_cannot_be_cancelled() -> None
     assert facts.squeue is None and facts.accounting is None
     with pytest.raises(CommandFailed, match="Invalid job id"):
         await rest.cancel("987654321", "anything")
+
+
+async def test_a_client_the_token_endpoint_refuses_is_unavailable_not_an_internal_error() -> None:
+    class Refused(Tokens):
+        async def token(self) -> str:
+            raise TokenRefused("token endpoint https://kc/token refused client nimbix-slurm-sched-client: unauthorized_client")
+
+    rest = client(lambda request: httpx.Response(200, json={}), Refused())
+    with pytest.raises(ClusterUnavailable, match="unauthorized_client"):
+        await rest.poll()
