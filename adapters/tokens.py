@@ -219,6 +219,11 @@ class ClientCredentials:
                 lifetime = exp - (iat if isinstance(iat, int | float) else time.time())
             else:
                 lifetime = 60.0   # neither expires_in nor exp: renew every minute
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and 0 < exp - time.time() < lifetime:
+            # exp is in whole seconds (Keycloak's too): the token may end up to 1 s before "now + expires_in".
+            # (A negative value means skewed clocks: expires_in is trusted then.)
+            lifetime = exp - time.time()
         self._token = token
         self._fetched_at = sent_at
         self._expires_at = sent_at + float(lifetime)

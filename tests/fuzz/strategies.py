@@ -491,7 +491,8 @@ def other_calls(draw: st.DrawFn) -> Call:
     # an empty or {} body is valid for /online and pvcls (it lists "/"); a tail of no job is 404
     expect = {"/online": {200, 400}, "/request/pvcls": {200, 400, 502}}.get(path, {400, 404})
     return Call("POST", path + query, body, content_type, frozenset(expect), ("'args'", "'name'", "'qs'", "'path'", "jobid",
-                                                                     "hpc_script", "no output", "cluster"), note="raw")
+                                                                     "hpc_script", "no output", "cluster", "no job"),
+                note="raw")
 
 
 # ------------------------------------------------------------------ valid but hostile submissions

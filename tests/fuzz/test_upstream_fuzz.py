@@ -13,8 +13,6 @@ run for real, and the job shows it received each value intact, as data.
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -36,6 +34,7 @@ from tests.fuzz.strategies import (
     submit_args,
 )
 from tests.integration.conftest import slurm, unique_name
+from tests.support.cluster import current
 
 pytestmark = pytest.mark.cluster
 
@@ -44,13 +43,12 @@ FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), print_bl
 
 @pytest.fixture(scope="module")
 def pvcls_root() -> Iterator[str]:
-    """A small directory on the login node (this host) for listings."""
-    root = f"/tmp/sd-fuzz-ls-{uuid.uuid4().hex[:8]}"
-    os.makedirs(f"{root}/sub")
-    with open(f"{root}/file.txt", "w") as handle:
-        handle.write("x")
-    yield root
-    shutil.rmtree(root)
+    """A small directory the login node sees for listings: in the cluster's state dir, which is shared with the
+    login node on every version (this host's /tmp is not, on 24.11 and 26.05: their nodes run in a root of their own)."""
+    with current().workdir("sd-fuzz-ls-") as root:
+        (root / "sub").mkdir(mode=0o755)
+        (root / "file.txt").write_text("x")
+        yield str(root)
 
 
 # ------------------------------------------------------------------ invalid input
