@@ -134,6 +134,10 @@ class Metrics:
         GCCollector(registry=r)
         Gauge(f"{PREFIX}_build_info", "The daemon's version", ["version"], registry=r).labels(version or "unknown").set(1)
         self.submits = Counter(f"{PREFIX}_submits", "Jobs submitted to Slurm (sbatch answered with a job id)", registry=r)
+        self.submits_by_identity = Counter(
+            f"{PREFIX}_submits_by_identity",
+            "Jobs submitted, by whose credentials: the service identity's, or the JARVICE user's own (slurmrestd)",
+            ["identity"], registry=r)
         self.submit_failures = Counter(f"{PREFIX}_submit_failures",
                                        "Submits that did not reach Slurm (refused by sbatch, cluster unavailable)",
                                        registry=r)

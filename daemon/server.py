@@ -169,7 +169,8 @@ def build_downstream(settings: Settings, ssh: SSHClient | None, journal: Journal
     downstream = Downstream(slurm=slurm, script_env=script_environment(settings), executor=settings.executor,
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
-                            upstream_sessions=settings.ssh_max_sessions - 1 - shells, gc_age=settings.gc_age)
+                            upstream_sessions=settings.ssh_max_sessions - 1 - shells, gc_age=settings.gc_age,
+                            user_claim=settings.rest.username_claim if settings.rest is not None else None)
     metrics.jobs = downstream.book.counts
     metrics.refused = lambda: downstream.book.machine.rejected
     return downstream
@@ -200,6 +201,7 @@ def admin_state(downstream: Downstream, ssh: SSHClient | None, settings: Setting
             "name": job.name, "number": job.number, "jobid": job.jobid, "state": JobState(job.state).value,
             "slurm_state": job.code, "reason": job.reason, "nodes": list(job.nodes), "exit_code": job.exit_code,
             "termination": job.termination, "interactive": job.interactive,
+            "user": job.user or settings.ssh_user,
             "history": [[_iso(t), s] for t, s in job.history], "proxy": _proxy_view(downstream, job),
             "last_error": job.last_error or job.rejected or None,
         })

@@ -74,6 +74,9 @@ class Downstream:
     port_count: int = 100  # interactive jobs use service/SSH ports base .. base + port_count - 1
     upstream_sessions: int = 7  # SSH channels upstream's calls may hold at once: the rest is the poller's
     gc_age: float = 7 * 86400.0  # /gc removes files and outcomes nobody collected once they are this old
+    # slurmrestd: the claim of upstream's bearer token naming the user a job runs as; None (SSH): every job
+    # runs as the service user and the bearer is not read
+    user_claim: str | None = None
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None

@@ -17,6 +17,7 @@ import trio
 
 from adapters import jobscript
 from adapters.errors import ClusterUnavailable, CommandFailed, DownstreamError, InvalidRequest
+from adapters.identity import UserIdentity, user_identity
 from adapters.slurm.client import Poll, SlurmJob
 from adapters.slurm.parsers import parse_comment
 from daemon.logs import job_extra
@@ -113,6 +114,7 @@ class Submissions:
     async def submit(self, args: Mapping[str, object]) -> list:
         core = self.core
         submission = jobscript.build(args, core.executor, core.script_env)
+        identity = user_identity(args.get("bearer"), core.user_claim, core.wall()) if core.user_claim else None
         if submission.request.interactive and not core.slurm.available:
             raise InvalidRequest("interactive jobs need SSH to the login node to reach their web service, and this "
                                  "slurmrestd_client deployment has none (JARVICE_SLURM_CLUSTER_ADDR is not set)")
@@ -146,22 +148,25 @@ class Submissions:
                     submission = jobscript.build(args, core.executor, core.script_env, port_index=job.port_index)
                     job.fscript = submission.fscript  # what a repeated submit answers: the script Slurm runs
                 core.journal.intend(req.name, req.number, req.interactive, job.port_index)
+                job.user = identity.user if identity else ""
                 try:
-                    jobid = await self._sbatch(job, submission)
+                    jobid = await self._sbatch(job, submission, identity)
                 except DownstreamError:
                     core.metrics.submit_failures.inc()
                     raise
                 core.metrics.submits.inc()
+                core.metrics.submits_by_identity.labels("user" if identity else "service").inc()
                 core.execute(core.book.submitted(job, jobid, held=req.held, now=core.clock()))
                 core.journal.settle(req.name)
         finally:
             core.unlock(req.name, lock)
-        log.info("job %s submitted for %s (number %s, %d node(s)%s)", jobid, req.name, req.number, req.nodes,
-                 ", held" if req.held else "", extra=job_extra(req.name, jobid))
+        log.info("job %s submitted for %s (number %s, %d node(s)%s%s)", jobid, req.name, req.number, req.nodes,
+                 ", held" if req.held else "", f", as {identity.user}" if identity else "",
+                 extra=job_extra(req.name, jobid))
         core.wake()
         return [jobid, submission.fscript]
 
-    async def _sbatch(self, job: Job, submission: jobscript.Submission) -> str:
+    async def _sbatch(self, job: Job, submission: jobscript.Submission, identity: UserIdentity | None) -> str:
         """sbatch, and when its answer is lost, whether it took effect; else the job is in limbo *since it was
         sent*: the command timeout bounds the sbatch client, which gets its job id as soon as slurmctld has
         made the job, so a look-up begun ``command_timeout`` after sending sees every job it could have made."""
@@ -171,7 +176,7 @@ class Submissions:
             # Shielded: a client that hangs up mid-sbatch must not leave a job in
             # Slurm that the book forgot. The SSH command timeout still bounds it.
             with trio.CancelScope(shield=True):
-                return await core.upstream(core.slurm.submit, submission)
+                return await core.upstream(core.slurm.submit, submission, identity)
         except CommandFailed as exc:
             core.book.submit_failed(job, exc.stderr)
             raise InvalidRequest(f"Slurm refused the job: {exc.stderr or 'sbatch failed'}") from None

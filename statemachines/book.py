@@ -101,7 +101,7 @@ class JobBook:
         if target is None:
             return None  # an unknown code: wait for a clearer poll
         job = Job(name=name, number=number, jobid=jobid, interactive=interactive, adopted=True, state=target,
-                  submitted_at=since)
+                  submitted_at=since, user=obs.user)
         self.machine.record(job, obs, now)  # a final one ended while nobody watched: upstream still collects it
         self.add(job)
         return job

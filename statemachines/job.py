@@ -127,6 +127,7 @@ class Job:
     last_error: str = ""  # the latest thing that went wrong for this job (admins read it)
     limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped)
     adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
+    user: str = ""  # the Slurm user it runs as when not the service user (slurmrestd, per-user identity)
     port_index: int | None = None  # interactive: its service port is base + this (also in the Slurm comment)
     proxy_failures: int = 0  # interactive: permanent proxy failures (the backend gave up) since it last served
     proxy_attempts: int = 0  # interactive: failed proxy attempts in a row, of any kind (sets the backoff)
@@ -163,6 +164,8 @@ class Observed(Protocol):
     def nodes(self) -> tuple[str, ...]: ...
     @property
     def elapsed(self) -> int: ...
+    @property
+    def user(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class Observation:
     reason: str = ""
     nodes: tuple[str, ...] = ()
     elapsed: int = 0
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,8 @@ class JobMachine:
         job.code, job.reason, job.observed_at = obs.code, obs.reason, now
         if obs.nodes:
             job.nodes = obs.nodes
+        if obs.user:
+            job.user = obs.user
         job.elapsed = max(job.elapsed, obs.elapsed)
         if target is not None and target.final:
             job.exit_code = exit_code_of(obs.code)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from adapters.identity import UserIdentity
 from adapters.jobscript import Submission
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.parsers import SlurmJob
@@ -28,7 +29,9 @@ class SlurmControl(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def submit(self, submission: Submission) -> str: ...
+    async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
+        """sbatch; ``as_user``: the job runs as that user, with the user's own credentials (slurmrestd only)."""
+        ...
 
     async def poll(self) -> Poll: ...
 
@@ -95,8 +98,8 @@ class SlurmCluster:
     async def ping(self) -> None:
         await self.control.ping()
 
-    async def submit(self, submission: Submission) -> str:
-        return await self.control.submit(submission)
+    async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
+        return await self.control.submit(submission, as_user)
 
     async def poll(self) -> Poll:
         return await self.control.poll()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, DownstreamError, SlurmUnreachable
+from adapters.identity import UserIdentity
 from adapters.jobscript import NAME_RE, Submission
 from adapters.slurm import parsers
 from adapters.slurm.files import SshClusterFiles, check_jobid
@@ -160,10 +161,13 @@ class SlurmClient(SshClusterFiles):
                            probe=facts)
 
     # ---------------------------------------------------------------- jobs
-    async def submit(self, submission: Submission) -> str:
+    async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
         """sbatch one job. Submits that arrive while the batches on the wire run go together, as
         one command running each sbatch in turn: one SSH channel and one shell for several jobs.
-        Up to SUBMIT_STREAMS batches run at once, since slurmctld serves parallel sbatch faster."""
+        Up to SUBMIT_STREAMS batches run at once, since slurmctld serves parallel sbatch faster.
+        Every job runs as the SSH user: ``as_user`` is slurmrestd's alone (the daemon never passes it here)."""
+        if as_user is not None:
+            raise ValueError("the SSH client runs every job as the SSH user")
         pending = _PendingSubmit(submission)
         self._submits.append(pending)
         async with self._submit_slots:

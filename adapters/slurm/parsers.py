@@ -45,6 +45,7 @@ class SlurmJob:
     nodes: tuple[str, ...]
     reason: str
     comment: str
+    user: str = ""  # the Slurm user it runs as, where the answer says (slurmrestd); "" over SSH: the service user
 
 
 @dataclass(frozen=True)

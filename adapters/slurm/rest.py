@@ -31,6 +31,7 @@ from adapters.errors import (
     Misconfigured,
     SlurmUnreachable,
 )
+from adapters.identity import UserIdentity
 from adapters.jobscript import NAME_RE, Submission, jobs_dir_of
 from adapters.slurm import rest_shapes as shapes
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
@@ -104,11 +105,13 @@ class RestSlurm:
         return f"{self.url}/slurm/{self.parser}/{rest}"
 
     async def _request(self, method: str, url: str, *, what: str, json: Any = None,
-                       params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        """One request with the service token; a 401/403 once more with a fresh token. (status, body)."""
+                       params: Mapping[str, str] | None = None,
+                       as_user: UserIdentity | None = None) -> tuple[int, dict[str, Any]]:
+        """One request with the service token, a refused one retried once with a fresh token; or with a
+        user's own token (``as_user``), sent once: only its owner can renew it. (status, body)."""
         for attempt in (1, 2):
             try:
-                token = await self.tokens.token()
+                token = as_user.token if as_user is not None else await self.tokens.token()
             except ClusterUnavailable:
                 raise
             except DownstreamError as exc:  # refused by the token endpoint: as unusable as a refused token
@@ -121,6 +124,10 @@ class RestSlurm:
                 raise AnswerLost(f"{what}: slurmrestd at {self.url} did not answer in time ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
                 raise ClusterUnavailable(f"{what}: slurmrestd at {self.url} unreachable: {exc!r}") from None
+            if response.status_code in _TOKEN_REFUSED and as_user is not None:
+                raise CommandFailed(what, response.status_code, f"Slurm refused the bearer token of {as_user.user} "
+                                    f"(HTTP {response.status_code}): expired, not signed by the identity provider "
+                                    "Slurm trusts (AuthAltParameters=jwks=...), or no such user on the cluster")
             if response.status_code in _TOKEN_REFUSED:
                 self.tokens.invalidate(token)
                 if attempt == 1:
@@ -195,13 +202,14 @@ class RestSlurm:
             raise SlurmUnreachable(f"diag: slurmctld does not answer slurmrestd: {shapes.errors_text(body) or status}")
 
     # ---------------------------------------------------------------- jobs
-    async def submit(self, submission: Submission) -> str:
+    async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
+        """``POST job/submit``: as the service user, or as ``as_user`` with the user's own token."""
         environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", **self.environment}
         try:
             body = shapes.job_description(submission.sbatch_args, submission.batch_script, environment)
         except shapes.UnsupportedOption as exc:
             raise CommandFailed("job/submit", None, str(exc)) from None
-        status, answer = await self._request("POST", self._path("job/submit"), what="job/submit", json=body)
+        status, answer = await self._request("POST", self._path("job/submit"), what="sbatch", json=body, as_user=as_user)
         jobid = answer.get("job_id")
         if status == 200 and isinstance(jobid, int) and not isinstance(jobid, bool) and jobid > 0:
             return str(jobid)

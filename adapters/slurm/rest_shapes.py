@@ -110,6 +110,7 @@ def job_of(record: Mapping[str, Any], now: float) -> SlurmJob | None:
         nodes=expand_nodes(record.get("nodes") or ""),
         reason="None" if reason == "" else str(reason),
         comment=str(record.get("comment") or ""),
+        user=str(record.get("user_name") or ""),
     )
 
 

@@ -25,6 +25,7 @@ from time import time as wall_clock
 import trio
 
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.identity import UserIdentity
 from adapters.jobscript import Submission
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.parsers import JOB_PREFIX, AccountingRecord, SlurmJob
@@ -50,6 +51,7 @@ class SimJob:
     nodes_wanted: int
     held: bool
     submitted: float
+    user: str = ""  # the user it runs as (slurmrestd's per-user submits); "" the service user
     code: str = "PD"
     reason: str = "None"
     nodes: tuple[str, ...] = ()
@@ -188,7 +190,7 @@ class SimulatedSlurm:
                 and shown.reason == reason):
             return shown
         job.shown = SlurmJob(jobid=job.jobid, name=job.slurm_name[len(JOB_PREFIX):], code=job.code, elapsed=elapsed,
-                             nodes=job.nodes, reason=reason, comment=job.comment)
+                             nodes=job.nodes, reason=reason, comment=job.comment, user=job.user)
         return job.shown
 
     def _visible(self) -> dict[str, SlurmJob]:
@@ -214,13 +216,14 @@ class SimulatedSlurm:
     async def rc_files(self, jobids: Sequence[str]) -> dict[str, int | None]:
         return {j: self._facts(j).rc_file for j in jobids}
 
-    async def submit(self, submission: Submission) -> str:
+    async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
         fault = await self._command("sbatch")
         args = dict(a[2:].split("=", 1) for a in submission.sbatch_args if a.startswith("--") and "=" in a)
         jobid = str(next(self._ids))
         req = submission.request
         self.jobs[jobid] = SimJob(jobid=jobid, slurm_name=args.get("job-name", ""), comment=args.get("comment", ""),
-                                  nodes_wanted=req.nodes, held=req.held, submitted=self.time)
+                                  nodes_wanted=req.nodes, held=req.held, submitted=self.time,
+                                  user=as_user.user if as_user else "")
         self._lost(fault)
         if fault is Fault.GARBAGE:
             raise AnswerLost("sbatch printed no job id: 'sbatch: error: Batch job submission failed'")

@@ -37,7 +37,7 @@ from quart_trio import QuartTrio
 from daemon.logs import configure_logging
 from tests.fuzz.conftest import LiveDaemon, daemon_thread, post_args, wait_gone
 from tests.fuzz.strategies import BASE_FIELDS, b64, render_script, script_line, submit_args
-from tests.integration.conftest import cluster_env, settings, unique_name
+from tests.integration.conftest import cluster_env, settings, unique_name, user_token
 from tests.support.cluster import REST_VERSIONS, VERSIONS, using
 
 pytestmark = pytest.mark.cluster
@@ -63,6 +63,7 @@ class Secrets:
     fields: dict[str, str]  # job script lines
     forms: dict[str, str] = field(default_factory=dict)  # label -> text that must never be shown
     hashes: dict[str, str] = field(default_factory=dict)  # variable -> SHA-256 the job must print
+    bearer: str = "b"  # what upstream sends as the user's token (slurmrestd: a real one, itself a secret)
 
 
 def make_secrets() -> Secrets:
@@ -190,10 +191,10 @@ def drive(daemon: LiveDaemon, secrets: Secrets) -> tuple[list[tuple[str, str]], 
 
     name = unique_name("sec")
     ids = {"name": name, "number": 41, "jobid": ""}
-    submitted = keep("submit", post_args(client, "/submit", submit_args(name, script(secrets), number=41)))
+    submitted = keep("submit", post_args(client, "/submit", submit_args(name, script(secrets), number=41, bearer=secrets.bearer)))
     assert submitted.status_code == 200, submitted.text
     ids["jobid"] = submitted.json()[0]
-    keep("submit repeated", post_args(client, "/submit", submit_args(name, script(secrets), number=41)))
+    keep("submit repeated", post_args(client, "/submit", submit_args(name, script(secrets), number=41, bearer=secrets.bearer)))
     for path in ("/queued", "/running"):
         keep(path, client.get(path))
     for path in ("/runstatus", "/events", "/exitstatus"):  # exitstatus while it runs: 409
@@ -213,11 +214,13 @@ def drive(daemon: LiveDaemon, secrets: Secrets) -> tuple[list[tuple[str, str]], 
         "partition Slurm refuses": {"JOBOBJ_DEVICES": '["exclusive=False", "partition=no-such-partition"]'},
         "truncated JOBOBJ_CTRSECRET": {"JOBOBJ_DOCKER_SECRET": "", "JOBOBJ_CTRSECRET": secrets.fields["JOBOBJ_CTRSECRET"][:-4]},
     }.items():
-        keep(label, post_args(client, "/submit", submit_args(unique_name("sec"), script(secrets, **changes))))
+        args = submit_args(unique_name("sec"), script(secrets, **changes), bearer=secrets.bearer)
+        keep(label, post_args(client, "/submit", args))
     undoubled = script(secrets).replace(script_line("JOBOBJ_DOCKER_SECRET", secrets.fields["JOBOBJ_DOCKER_SECRET"]),
                                         "JOBOBJ_DOCKER_SECRET=" + secrets.fields["JOBOBJ_DOCKER_SECRET"])
     assert undoubled != script(secrets)
-    keep("secret JSON with single braces", post_args(client, "/submit", submit_args(unique_name("sec"), undoubled)))
+    args = submit_args(unique_name("sec"), undoubled, bearer=secrets.bearer)
+    keep("secret JSON with single braces", post_args(client, "/submit", args))
     user = daemon.settings.server_key.split(":", 1)[0]
     with httpx.Client(base_url=daemon.url, timeout=30) as stranger:
         keep("wrong password", stranger.get("/queued", auth=(user, "wrong")))
@@ -245,6 +248,8 @@ def session(request: pytest.FixtureRequest) -> Iterator[Session]:
         secrets = make_secrets()
         if request.param == "slurmrestd_client":
             secrets.forms["Keycloak client secret"] = cluster_env()["JARVICE_KEYCLOAK_CLIENT_SECRET"]
+            secrets.bearer = user_token() or ""
+            secrets.forms["the user's bearer token"] = secrets.bearer
         with every_log_record(logging.DEBUG) as logs:
             conf = settings(**secrets.env)
             assert conf.log_level == logging.DEBUG and conf.slurm_client == request.param

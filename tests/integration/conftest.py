@@ -66,6 +66,16 @@ def slurm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(current().login(*args), capture_output=True, text=True, env=env, timeout=30)
 
 
+def user_token(user: str = "") -> str | None:
+    """The bearer JARVICE sends for ``user`` (default: the cluster's service user) when the running test's
+    daemon uses slurmrestd: a JWT from the cluster's stand-in of the identity provider; else None."""
+    cluster = current()
+    if not cluster.rest:
+        return None
+    return cluster.oidc("token", username=user or read_exports(cluster.env_file)["JARVICE_SLURM_SSH_USER"],
+                        lifetime=3600)["access_token"]
+
+
 def unique_name(tag: str) -> str:
     return f"20261123-{tag}-alice_it-{uuid.uuid4().hex[:10]}"
 
@@ -97,7 +107,7 @@ async def start_daemon(nursery: trio.Nursery, conf: Settings) -> AsyncIterator[D
         with trio.fail_after(30):
             while (await client.get("/ready")).status_code != 200:
                 await trio.sleep(0.1)
-        yield Daemon(Upstream(client), conf, url)
+        yield Daemon(Upstream(client, bearer=user_token()), conf, url)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import trio
 
 from config.settings import ConfigError
 from daemon.server import serve
-from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name, user_token
 from tests.support.cluster import current
 from tests.support.upstream import submit_args
 
@@ -67,8 +67,8 @@ async def test_a_wrong_client_secret_is_a_503_and_preflight_names_the_client(nur
         assert (await upstream.get("/ready")).status_code == 503
         queued = await upstream.get("/queued")
         assert queued.status_code == 503 and "error" in queued.json()
-        submit = await upstream.post("/submit", data={"args": json.dumps(submit_args(unique_name("badsecret"), 61,
-                                                                                         "true"))})
+        args = {**submit_args(unique_name("badsecret"), 61, "true"), "bearer": user_token()}
+        submit = await upstream.post("/submit", data={"args": json.dumps(args)})
         assert submit.status_code == 503
         admin = (await upstream.get("/admin/state")).json()
     check = next(c for c in admin["preflight"] if c["name"] == "slurmrestd")
@@ -176,3 +176,20 @@ async def test_a_token_that_expires_while_the_token_endpoint_is_down(nursery: tr
         nursery.cancel_scope.cancel()
     finally:
         cluster.oidc("reset")
+
+
+@pytest.mark.parametrize(("kind", "token_args", "why"), [
+    ("forged", {"forged": True}, "Slurm refused the bearer token of jarvice"),
+    ("expired", {"lifetime": -60}, "the bearer token of jarvice has expired"),
+    ("claimless", {"claim": False}, "no 'preferred_username' claim"),
+])
+async def test_a_users_token_slurm_would_refuse_submits_nothing(daemon: Daemon, kind: str, token_args: dict,
+                                                                 why: str) -> None:
+    cluster = current()
+    bearer = cluster.oidc("token", username="jarvice", lifetime=token_args.pop("lifetime", 600), **token_args)
+    name = unique_name(f"tok-{kind}")
+    answer = await daemon.upstream.client.post(
+        "/submit", data={"args": json.dumps({**submit_args(name, 71, "true"), "bearer": bearer["access_token"]})})
+    assert answer.status_code == 400 and why in answer.json()["error"]
+    assert bearer["access_token"] not in answer.text
+    assert slurm("squeue", "-h", "-t", "all", "-n", f"jarvice_{name}", "-o", "%i").stdout.strip() == ""

@@ -119,8 +119,13 @@ class Upstream:
     """Speaks the legacy API: every POST carries one form field, ``args``, holding JSON."""
 
     client: httpx.AsyncClient
+    # the user's JWT upstream sends with each /submit (JARVICE's identity provider; with slurmrestd the job
+    # runs as its user); None keeps what the args carry
+    bearer: str | None = None
 
     async def post(self, path: str, args: dict) -> httpx.Response:
+        if path == "/submit" and self.bearer is not None and "bearer" in args:
+            args = {**args, "bearer": self.bearer}
         return await self.client.post(path, data={"args": json.dumps(args)})
 
     async def call(self, path: str, args: dict | None = None) -> object:

@@ -99,11 +99,11 @@ async def test_a_lost_answer_then_not_found_stays_in_doubt_and_never_doubles_the
     late: list = []
     submit = world.twin.submit
 
-    async def timed_out(submission):  # noqa: ANN001, ANN202 - the twin's own signature
+    async def timed_out(submission, as_user=None):  # noqa: ANN001, ANN202 - the twin's own signature
         if not late:
             late.append(submission)  # applied by slurmctld later, after the look-up found nothing
             raise ClusterUnavailable("sbatch: timed out after 30s")
-        return await submit(submission)
+        return await submit(submission, as_user)
 
     world.twin.submit = timed_out  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
