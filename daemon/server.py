@@ -158,7 +158,8 @@ def build_slurm(settings: Settings, ssh: SSHClient | None, metrics: Metrics,
                         scratch_dir=settings.scratch_dir, parser=settings.rest.parser, http=http,
                         timeout=settings.command_timeout)
     metrics.rest = control
-    files = (SshClusterFiles(runner, scratch_dir=settings.scratch_dir, job_group=settings.job_group)
+    files = (SshClusterFiles(runner, scratch_dir=settings.scratch_dir, job_group=settings.job_group, users_write=True,
+                             chown_wrapper=settings.chown_wrapper, owner=settings.ssh_user)
              if runner is not None else NoClusterFiles(settings.scratch_dir))
     return SlurmCluster(control, files), 0
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 TAIL_LINES = 10_000
 TAIL_BYTES = 1 << 20
 NO_FILES_NOTE = ("(slurm-downstream: this job's output is not available: JARVICE_SLURM_CLIENT=slurmrestd_client "
-                 "without SSH access to the login node (JARVICE_SLURM_HOST) cannot read the cluster's files)\n")
+                 "without SSH access to the login node (JARVICE_SLURM_CLUSTER_ADDR) cannot read the cluster's files)\n")
 
 
 def check_jobid(jobid: str) -> str:
@@ -37,10 +37,16 @@ class SshClusterFiles:
 
     available = True
 
-    def __init__(self, runner: CommandRunner, *, scratch_dir: str, job_group: str = "") -> None:
+    def __init__(self, runner: CommandRunner, *, scratch_dir: str, job_group: str = "", users_write: bool = False,
+                 chown_wrapper: str = "", owner: str = "") -> None:
         self.runner = runner
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.job_group = job_group  # the jobs' files are readable by this group (setgid jobs dir, umask 027)
+        # slurmrestd's per-user jobs write here too: the group may write, and the sticky bit keeps one user
+        # from removing another's files (the directory's owner, the service user, still may)
+        self.users_write = users_write
+        self.chown_wrapper = chown_wrapper  # JARVICE_CHOWN_WRAPPER: takes other users' job trees back before removal
+        self.owner = owner  # the service user, who removes the jobs' files
 
     @property
     def jobs_dir(self) -> str:
@@ -69,9 +75,12 @@ class SshClusterFiles:
             if not home:
                 raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
             self.scratch_dir = home
-        jobs_dir = shlex.quote(self.jobs_dir)
-        share = f" && chgrp {shlex.quote(self.job_group)} {jobs_dir} && chmod 2750 {jobs_dir}" if self.job_group else ""
-        await self._run(f"mkdir -p {jobs_dir} && test -w {jobs_dir}{share}")
+        dirs = " ".join(shlex.quote(d) for d in (self.jobs_dir, f"{self.jobs_dir}/jobs"))
+        mode = "3770" if self.users_write else "2750"
+        # only the directories this user owns (a job may have made jobs/ first, as another user)
+        share = (f' && for d in {dirs}; do if [ -O "$d" ]; then chgrp {shlex.quote(self.job_group)} "$d" && '
+                 f'chmod {mode} "$d" || exit 1; fi; done' if self.job_group else "")
+        await self._run(f"mkdir -p {dirs} && test -w {shlex.quote(self.jobs_dir)}{share}")
 
     async def rc_files(self, jobids: Sequence[str]) -> dict[str, int | None]:
         """Each job's exit-code file (``<jobid>.rc``), read in one command; None where there is none."""
@@ -103,7 +112,10 @@ class SshClusterFiles:
         jobs_dir = shlex.quote(self.jobs_dir)
         files = " ".join(f"{jobs_dir}/{check_jobid(j)}.*" for j in jobids)  # .out .rc .job.sh .rc.<node> ...
         trees = " ".join(shlex.quote(job_tree_of(self.scratch_dir, j)) for j in jobids)
-        await self._run(f"chmod -R u+w -- {trees} 2>/dev/null; rm -rf -- {files} {trees}")
+        # another user's tree (slurmrestd's per-user jobs) is taken back first, where the site allows it
+        take = (f"{shlex.quote(self.chown_wrapper)} -R {shlex.quote(self.owner)} -- {trees} 2>/dev/null; "
+                if self.chown_wrapper and self.owner else "")
+        await self._run(f"{take}chmod -R u+w -- {trees} 2>/dev/null; rm -rf -- {files} {trees}")
 
     async def job_files(self) -> dict[str, float]:
         """Job ids that have files in the jobs dir, each with its newest modification time (epoch seconds)."""
@@ -157,5 +169,5 @@ class NoClusterFiles:
         return {}
 
     async def list_dir(self, path: str, details: bool) -> str:
-        raise CommandFailed("pvcls", None, "listing files needs SSH access to the login node (JARVICE_SLURM_HOST), "
+        raise CommandFailed("pvcls", None, "listing files needs SSH access to the login node (JARVICE_SLURM_CLUSTER_ADDR), "
                                            "which this slurmrestd_client deployment does not have")
