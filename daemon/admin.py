@@ -27,7 +27,7 @@ as "-" when missing)::
       "last_error": str|null,                         # the daemon's latest error, if any
       "jobs": [{"name": str, "number": int, "jobid": str, "state": "running",   # JobState value
                 "slurm_state": "R", "reason": str, "nodes": [str], "exit_code": int|null,
-                "termination": str, "interactive": bool,
+                "termination": str, "interactive": bool, "user": str (the Slurm user it runs as),
                 "history": [[ISO, "queued"], [ISO, "submitted"], ...],
                 "proxy": {"state": "serving", "url": str, "error": str, "connections": int,
                           "bytes_up": int, "bytes_down": int} | null,
@@ -340,7 +340,8 @@ def _job_rows(jobs: list[Mapping[str, Any]]) -> str:
         out.append(
             f'<tr class="job" data-jobid="{html.escape(str(job.get("jobid", "")), quote=True)}">'
             f'<td class="name">{_e(job.get("name"))}<div class="small">#{_e(job.get("number"))}'
-            f'{" interactive" if job.get("interactive") else ""}</div></td>'
+            f'{" interactive" if job.get("interactive") else ""}'
+            f'{" as " + _e(job.get("user")) if job.get("user") else ""}</div></td>'
             f'<td>{_e(job.get("jobid"))}</td><td>{_state_badge(job.get("state"))}</td><td>{slurm}</td>'
             f'<td>{_e(job.get("nodes"))}</td><td>{ended}</td><td>{proxy_cell}</td>'
             f'<td class="error">{_e(job.get("last_error")) if job.get("last_error") else ""}</td>'
