@@ -14,12 +14,33 @@ JARVICE_SLURM_SCHED_LOGLEVEL; the daemon-only variables (server key, scratch...)
 not needed. Health: this is a TCP proxy only, with no HTTP endpoint of its own; a
 ``tcpSocket`` probe on the listen port is ready once the listener is bound. Exit
 codes: 0 on SIGTERM/SIGINT, 1 when the port cannot be bound, 2 on bad configuration.
+
+The daemon runs the same command as a child process per job in local mode
+(adapters/proxy/children.py), so that the bytes users move never wait for, nor
+hold, the daemon's GIL. Two inherited descriptors tie such a child to its daemon:
+
+* ``--listen-fd``: the listening socket the daemon bound (its port is in the URL the
+  user got); the daemon keeps its own copy, so a restarted child serves the same
+  port, and connections made while it restarts wait in the socket's backlog;
+* ``--control-fd``: one end of a socket pair. The child writes a JSON line of its
+  counters (connections, bytes) there when they change, which is how the daemon's
+  admin page and metrics see its traffic, and reads it only for end of file: the
+  kernel closes the daemon's end when the daemon exits in any way, SIGKILL
+  included, and the child then stops (exit 0). ``PR_SET_PDEATHSIG`` would not do:
+  it fires when the *thread* that forked exits, and trio forks from a worker thread
+  that ends after ten idle seconds.
+
+The SSH key reaches a child through its environment (readable only by the daemon's
+own user, like the daemon's), never its command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Mapping
 
@@ -28,9 +49,9 @@ import trio
 from adapters.proxy.base import ProxyState, ProxyTarget
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
-from config.settings import _HOST_RE, ConfigError, _is_ip, logging_settings, ssh_login
+from config.settings import _HOST_RE, ConfigError, Settings, _is_ip, logging_settings, ssh_login
 from daemon.logs import configure_logging
-from daemon.server import describe_key, stop_on_signal
+from daemon.process import describe_key, stop_on_signal
 
 log = logging.getLogger("slurm_downstream.proxy")
 
@@ -56,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=host_port, required=True, metavar="HOST:PORT",
                         help="the job's web service, as the login node reaches it (the node's NodeAddr and port)")
     parser.add_argument("--key", default="", help="the job's number, for log lines (default: the target)")
+    parser.add_argument("--listen-fd", type=int, default=None, metavar="FD",
+                        help="serve this inherited listening socket instead of binding --listen (the daemon's children)")
+    parser.add_argument("--control-fd", type=int, default=None, metavar="FD",
+                        help="an inherited socket: counters are reported on it, and its end of file stops the proxy")
 
 
 def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
@@ -76,16 +101,26 @@ def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     (listen_host, listen_port), (host, port) = args.listen, args.target
     target = ProxyTarget(key=args.key or f"{host}:{port}", host=host, port=port)
     try:
-        return trio.run(_serve, ssh, listen_host, listen_port, target)
+        return trio.run(_serve, ssh, listen_host, listen_port, target, args.listen_fd, args.control_fd)
     except KeyboardInterrupt:
         return 0
 
 
-async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, target: ProxyTarget) -> int:
+async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, target: ProxyTarget,
+                 listen_fd: int | None = None, control_fd: int | None = None) -> int:
+    adopt = None
+    if listen_fd is not None:  # bound by the daemon: serve it as it is
+        adopt = trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=listen_fd)))
+    control = None
+    if control_fd is not None:
+        control = trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd))
     async with SSHClient(ssh_target) as ssh:
-        proxies = LocalProxies(ssh, bind=listen_host, public_host=listen_host, ports=(listen_port, listen_port))
+        proxies = LocalProxies(ssh, bind=listen_host, public_host=listen_host, ports=(listen_port, listen_port),
+                               adopt=adopt)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+            if control is not None:
+                nursery.start_soon(_lifeline, control, nursery.cancel_scope)
             await nursery.start(proxies.run)
             status = await proxies.start(target)
             if status.state is ProxyState.FAILED:
@@ -96,4 +131,72 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
             else:  # the job's service may still be starting; each user connection tries again
                 log.warning("%s:%d is not reachable through %s yet (%s); users get closed connections until it is",
                             target.host, target.port, ssh.address, ssh.last_error or "nothing listens there")
+            if control is not None:
+                nursery.start_soon(_report, control, proxies, target.key, nursery.cancel_scope)
     return 0
+
+
+REPORT_INTERVAL = 0.5  # seconds between two counter reports to the daemon (only when they changed)
+
+
+async def _lifeline(control: trio.socket.SocketType, scope: trio.CancelScope) -> None:
+    """Stop the proxy when the daemon's end of the control socket closes: the daemon is gone, however it died."""
+    try:
+        while await control.recv(4096):
+            pass  # the daemon sends nothing today; whatever it sends is not end of file
+    except OSError:
+        pass
+    log.info("the daemon that started this proxy is gone: stopping")
+    scope.cancel()
+
+
+async def _report(control: trio.socket.SocketType, proxies: LocalProxies, key: str, scope: trio.CancelScope) -> None:
+    """Send the proxy's counters to the daemon when they change (the first report says it serves)."""
+    last: dict | None = None
+    while True:
+        status = proxies.status(key)
+        if status is None:
+            return
+        now = {"state": status.state.value, "error": status.error, "connections": status.connections,
+               "connections_total": status.connections_total, "bytes_up": status.bytes_up,
+               "bytes_down": status.bytes_down, "pid": os.getpid()}
+        if now != last:
+            try:
+                await control.send((json.dumps(now) + "\n").encode())
+            except OSError:  # the daemon is gone (its end closed)
+                scope.cancel()
+                return
+            last = now
+        await trio.sleep(REPORT_INTERVAL)
+
+
+# ------------------------------------------------------------------ the daemon's local-mode children
+def child_command() -> list[str]:
+    """This command as the daemon starts it for each job in local mode (the per-job arguments follow)."""
+    return [sys.executable, "-m", "daemon.cli", "proxy"]
+
+
+def child_env(settings: Settings, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What a child reads (``ssh_target_from_env``, ``logging_settings``): the daemon's SSH and log settings.
+
+    Built from the daemon's settings, not copied from its environment: the daemon may have been
+    configured otherwise (the tests pass settings in-process), and nothing daemon-only (the
+    server key) has to reach a process that handles users' traffic. The known_hosts is passed
+    explicitly, so a child never trusts on first use: by the time a job runs, the daemon has
+    connected and pinned the login node's key.
+    """
+    env = {k: base[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH") if k in base}
+    env |= {
+        "JARVICE_SLURM_CLUSTER_ADDR": settings.cluster_addr,
+        "JARVICE_SLURM_CLUSTER_PORT": str(settings.cluster_port),
+        "JARVICE_SLURM_SSH_USER": settings.ssh_user,
+        "JARVICE_SLURM_SSH_PKEY": settings.ssh_pkey,
+        "JARVICE_SLURM_SSH_KEEPALIVE": repr(settings.ssh_keepalive),
+        "JARVICE_SLURM_SCHED_LOGLEVEL": str(settings.log_level),
+        "JARVICE_SLURM_LOG_FORMAT": settings.log_format,
+    }
+    if settings.ssh_insecure_host_key:
+        env["JARVICE_SLURM_SSH_INSECURE_HOST_KEY"] = "true"
+    elif settings.ssh_known_hosts:
+        env["JARVICE_SLURM_SSH_KNOWN_HOSTS"] = settings.ssh_known_hosts
+    return env
