@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 
 import trio
 
@@ -29,8 +30,13 @@ def describe_key(pem: str) -> str:
 
 async def stop_on_signal(scope: trio.CancelScope) -> None:
     """Cancel ``scope`` on the first SIGTERM or SIGINT (the orderly stop: children and connections closed)."""
+    await on_signal(scope.cancel)
+
+
+async def on_signal(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on the first SIGTERM or SIGINT, with one log line."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s, stopping", signal.Signals(signum).name)
-            scope.cancel()
+            stop()
             return

@@ -51,7 +51,7 @@ from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
 from config.settings import _HOST_RE, ConfigError, Settings, _is_ip, logging_settings, ssh_login
 from daemon.logs import configure_logging
-from daemon.process import describe_key, stop_on_signal
+from daemon.process import describe_key, on_signal
 
 log = logging.getLogger("slurm_downstream.proxy")
 
@@ -111,16 +111,18 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
     adopt = None
     if listen_fd is not None:  # bound by the daemon: serve it as it is
         adopt = trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=listen_fd)))
-    control = None
+    reporter = None
     if control_fd is not None:
-        control = trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd))
+        reporter = _Reporter(trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd)), target.key)
+    stop = trio.Event()
     async with SSHClient(ssh_target) as ssh:
         proxies = LocalProxies(ssh, bind=listen_host, public_host=listen_host, ports=(listen_port, listen_port),
                                adopt=adopt)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-            if control is not None:
-                nursery.start_soon(_lifeline, control, nursery.cancel_scope)
+            nursery.start_soon(on_signal, stop.set)
+            nursery.start_soon(_stop_when, stop, reporter, nursery.cancel_scope)
+            if reporter is not None:
+                nursery.start_soon(reporter.lifeline, stop)
             await nursery.start(proxies.run)
             status = await proxies.start(target)
             if status.state is ProxyState.FAILED:
@@ -131,43 +133,65 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
             else:  # the job's service may still be starting; each user connection tries again
                 log.warning("%s:%d is not reachable through %s yet (%s); users get closed connections until it is",
                             target.host, target.port, ssh.address, ssh.last_error or "nothing listens there")
-            if control is not None:
-                nursery.start_soon(_report, control, proxies, target.key, nursery.cancel_scope)
+            if reporter is not None:
+                nursery.start_soon(reporter.run, proxies, stop)
     return 0
+
+
+async def _stop_when(stop: trio.Event, reporter: _Reporter | None, scope: trio.CancelScope) -> None:
+    """The orderly stop: the daemon hears the last counters (the bytes of the final moments), then all closes."""
+    await stop.wait()
+    if reporter is not None:
+        with trio.move_on_after(1):
+            await reporter.send()
+    scope.cancel()
 
 
 REPORT_INTERVAL = 0.5  # seconds between two counter reports to the daemon (only when they changed)
 
 
-async def _lifeline(control: trio.socket.SocketType, scope: trio.CancelScope) -> None:
-    """Stop the proxy when the daemon's end of the control socket closes: the daemon is gone, however it died."""
-    try:
-        while await control.recv(4096):
-            pass  # the daemon sends nothing today; whatever it sends is not end of file
-    except OSError:
-        pass
-    log.info("the daemon that started this proxy is gone: stopping")
-    scope.cancel()
+class _Reporter:
+    """The child's end of the control socket (``--control-fd``): counters out, the daemon's end of file in."""
 
+    def __init__(self, control: trio.socket.SocketType, key: str) -> None:
+        self.control = control
+        self.key = key
+        self.proxies: LocalProxies | None = None  # set once it serves: nothing to report before
+        self.last: dict | None = None
 
-async def _report(control: trio.socket.SocketType, proxies: LocalProxies, key: str, scope: trio.CancelScope) -> None:
-    """Send the proxy's counters to the daemon when they change (the first report says it serves)."""
-    last: dict | None = None
-    while True:
-        status = proxies.status(key)
+    async def lifeline(self, stop: trio.Event) -> None:
+        """Stop when the daemon's end closes: the daemon is gone, however it died (SIGKILL included)."""
+        try:
+            while await self.control.recv(4096):
+                pass  # the daemon sends nothing today; whatever it sends is not end of file
+        except OSError:
+            pass
+        if not stop.is_set():
+            log.info("the daemon that started this proxy is gone: stopping")
+            stop.set()
+
+    async def run(self, proxies: LocalProxies, stop: trio.Event) -> None:
+        """Report when the counters change (the first report says it serves)."""
+        self.proxies = proxies
+        while await self.send():
+            await trio.sleep(REPORT_INTERVAL)
+        stop.set()  # the daemon is gone
+
+    async def send(self) -> bool:
+        """Report the counters if they changed; False once the daemon's end is closed."""
+        status = self.proxies.status(self.key) if self.proxies is not None else None
         if status is None:
-            return
+            return True
         now = {"state": status.state.value, "error": status.error, "connections": status.connections,
                "connections_total": status.connections_total, "bytes_up": status.bytes_up,
                "bytes_down": status.bytes_down, "pid": os.getpid()}
-        if now != last:
+        if now != self.last:
             try:
-                await control.send((json.dumps(now) + "\n").encode())
-            except OSError:  # the daemon is gone (its end closed)
-                scope.cancel()
-                return
-            last = now
-        await trio.sleep(REPORT_INTERVAL)
+                await self.control.send((json.dumps(now) + "\n").encode())
+            except OSError:
+                return False
+            self.last = now
+        return True
 
 
 # ------------------------------------------------------------------ the daemon's local-mode children

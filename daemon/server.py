@@ -133,7 +133,8 @@ def _proxy_view(downstream: Downstream, job: Job) -> dict | None:
     if status is None:
         return None
     return {"state": status.state.value, "url": status.url, "error": status.error, "connections": status.connections,
-            "bytes_up": status.bytes_up, "bytes_down": status.bytes_down}
+            "bytes_up": status.bytes_up, "bytes_down": status.bytes_down, "restarts": status.restarts,
+            "pid": status.pid}
 
 
 def admin_state(downstream: Downstream, ssh: SSHClient, settings: Settings, started_at: float,

@@ -88,6 +88,7 @@ class _Child:
     earlier: _Counters = field(default_factory=_Counters)  # what the processes before this one counted
     now: _Counters = field(default_factory=_Counters)  # the running process's own report
     settled: trio.Event = field(default_factory=trio.Event)  # this process reported, or exited
+    partial: bytes = b""  # the start of a report line not read whole yet
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -265,7 +266,7 @@ class ChildProxies:
         finally:
             theirs.close()  # the child has its copy; ours must go, or the child's EOF would never come
         child.pid = process.pid
-        child.state, child.now = ProxyState.STARTING, _Counters()
+        child.state, child.now, child.partial = ProxyState.STARTING, _Counters(), b""
         log.info("Started proxy to %s:%d as process %d (job number %s)", target.host, target.port, process.pid,
                  target.key)
         task_status.started()
@@ -278,6 +279,8 @@ class ChildProxies:
         finally:
             with trio.CancelScope(shield=True):
                 await self._terminate(process)
+                with trio.move_on_after(1):  # what it said last (a stopped child reports its final counters)
+                    await self._read_reports(child, control)
                 control.close()
         assert process.returncode is not None
         return process.returncode
@@ -294,7 +297,6 @@ class ChildProxies:
     @staticmethod
     async def _read_reports(child: _Child, control: trio.socket.SocketType) -> None:
         """The child's JSON lines of counters; the first one says it serves."""
-        pending = b""
         while True:
             try:
                 data = await control.recv(65536)
@@ -302,8 +304,7 @@ class ChildProxies:
                 return
             if not data:
                 return
-            pending += data
-            *lines, pending = pending.split(b"\n")
+            *lines, child.partial = (child.partial + data).split(b"\n")
             for line in lines:
                 try:
                     report = json.loads(line)
