@@ -1,7 +1,7 @@
 """Benchmark: the control plane at 1,000 jobs while four interactive jobs stream through their proxies.
 
-The question (issue 13): the proxies' bytes (asyncssh on its asyncio thread) and
-the poller share one process, one asyncio thread and the GIL; do upstream's
+The question (issue 13): do the proxies' bytes slow the control plane? (They shared
+the daemon's process and GIL until each job's proxy became a process of its own.) Do upstream's
 ``/runstatus`` p99 and the poll's freshness stay within their targets while
 interactive users download as fast as they can?
 
@@ -11,8 +11,8 @@ through ``/submit``; it adopts any others of the run) plus four real interactive
 jobs (tests/support/webjob.py submitted through ``/submit`` as upstream does; the
 daemon asks for whole nodes for them, so root's scontrol makes them one-core jobs
 before they start: the test cluster has two nodes, and freshness needs room);
-the daemon itself starts their proxies, over the one SSH connection its poller
-uses. Then, twice (without, then with, the streaming load), one after the other:
+the daemon itself starts their proxies (in local mode, a ``slurm-downstream proxy``
+process per job, each with its own SSH connection). Then, twice (without, then with, the streaming load), one after the other:
 
 * ``/runstatus`` for every tracked job on upstream's timer, 250 calls/s through 8
   keep-alive connections (``bench.upstream_load``, as the 1b table of api_latency);
@@ -173,7 +173,7 @@ def _print(r: dict) -> None:
              "measured after the paced calls, the streams still running",
              f"streams: {STREAMS} load-generator processes (bench/proxy_throughput.py's client), each downloading "
              f"GET /blob of {STREAM_BYTES // proxy_throughput.MiB} MiB again and again through one interactive job's "
-             "proxy URL (the daemon's LocalProxies); MB/s = 10^6 bytes/s, median of the completed downloads",
+             "proxy URL (the daemon's proxy processes); MB/s = 10^6 bytes/s, median of the completed downloads",
              "daemon CPU %: user + system CPU of the daemon process over both measurements (100 = one core); machine busy %: "
              "all CPUs (100 = every core busy), from /proc/stat, same span",
              f"targets met: {'yes' if r['met'] else 'NO'}"])
