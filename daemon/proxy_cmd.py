@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve this inherited listening socket instead of binding --listen (the daemon's children)")
     parser.add_argument("--control-fd", type=int, default=None, metavar="FD",
                         help="an inherited socket: counters are reported on it, and its end of file stops the proxy")
+    parser.add_argument("--nice", type=int, default=0, choices=range(20), metavar="0..19",
+                        help="lower this process's CPU priority (the daemon's children: its answers come first)")
 
 
 def ssh_target_from_env(env: Mapping[str, str]) -> SSHTarget:
@@ -98,6 +100,8 @@ def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"slurm-downstream proxy: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(level, fmt)
+    if args.nice:  # before any thread starts (asyncssh's, trio's workers): threads inherit it, setpriority would not
+        os.nice(args.nice)
     (listen_host, listen_port), (host, port) = args.listen, args.target
     target = ProxyTarget(key=args.key or f"{host}:{port}", host=host, port=port)
     try:
@@ -128,13 +132,13 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
             if status.state is ProxyState.FAILED:
                 nursery.cancel_scope.cancel()
                 return EXIT_BIND
+            if reporter is not None:  # it serves (users' connections are accepted): the daemon may give the URL out
+                nursery.start_soon(reporter.run, proxies, stop)
             if await proxies.probe(target.host, target.port):
                 log.info("%s:%d is reachable through the login node", target.host, target.port)
             else:  # the job's service may still be starting; each user connection tries again
                 log.warning("%s:%d is not reachable through %s yet (%s); users get closed connections until it is",
                             target.host, target.port, ssh.address, ssh.last_error or "nothing listens there")
-            if reporter is not None:
-                nursery.start_soon(reporter.run, proxies, stop)
     return 0
 
 
