@@ -136,8 +136,10 @@ def login_netns() -> str:
     return f"/run/netns/{ns}-login"
 
 
-async def _load(host: str, port: int, netns: str | None, mode: str, amount: int) -> dict:
+async def _load(host: str, port: int, netns: str | None, mode: str, amount: int, nice: int = 0) -> dict:
     argv = [sys.executable, __file__, "--client", host, str(port), mode, str(amount)]
+    if nice:  # a user's browser, which is not on the daemon's machine: it yields the shared cores
+        argv = ["nice", "-n", str(nice), *argv]
     if netns is not None:  # the client in that network namespace (same files, same python)
         argv = ["nsenter", f"--net={netns}", *argv]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)

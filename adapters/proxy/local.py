@@ -1,8 +1,13 @@
-"""Interactive jobs' proxies run by the daemon itself: one TCP listener per job on the daemon's host.
+"""Interactive jobs' proxies as tasks of one process: a TCP listener per job, carried over one SSH connection.
+
+This is what runs inside each ``slurm-downstream proxy`` process (daemon/proxy_cmd.py),
+with exactly one proxy in it: the daemon's local mode starts one such process per job
+(adapters/proxy/children.py), a Kubernetes proxy pod is one too. The daemon no longer
+runs it in its own process: the bytes would share the daemon's GIL with upstream's API.
 
 A job's web service (noVNC, gotty) listens on its compute node, which users cannot
 reach. Each user connection accepted here gets its own SSH ``direct-tcpip`` channel
-over the daemon's one connection to the login node, and bytes are carried unchanged
+over this process's one connection to the login node, and bytes are carried unchanged
 in both directions, so plain HTTP and upgraded WebSocket connections work alike
 without the proxy knowing either protocol. The login node's sshd makes the last hop
 to the compute node, so nothing (no socat, no agent) has to run there.
