@@ -137,7 +137,7 @@ async def _serve(ssh_target: SSHTarget, listen_host: str, listen_port: int, targ
     if control_fd is not None:
         reporter = _Reporter(trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd)), target.key)
     stop = trio.Event()
-    async with SSHClient(ssh_target) as ssh:
+    async with SSHClient(ssh_target, session_on_connect=True) as ssh:  # tunnels only: see SSHClient._prime_nodelay
         proxies = LocalProxies(ssh, bind=listen_host, public_host=listen_host, ports=(listen_port, listen_port),
                                adopt=adopt)
         async with trio.open_nursery() as nursery:
