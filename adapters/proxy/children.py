@@ -71,6 +71,7 @@ class _Counters:
     bytes_down: int = 0
 
     def plus(self, other: _Counters) -> _Counters:
+        """``other`` counted after these: totals add up; open connections are the later count's."""
         return _Counters(other.connections, self.connections_total + other.connections_total,
                          self.bytes_up + other.bytes_up, self.bytes_down + other.bytes_down)
 
