@@ -112,8 +112,11 @@ class SSHClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         jitter: Callable[[], float] = random.random,
+        session_on_connect: bool = False,
     ) -> None:
         self.target = target
+        # a connection used for tunnels only (a proxy process's): see _prime_nodelay
+        self._session_on_connect = session_on_connect
         self._key = load_private_key(target.private_key)
         self._bridge = AsyncioThread("asyncssh")
         self._sessions = trio.Semaphore(max_sessions)
@@ -329,6 +332,23 @@ class SSHClient:
         )
         if self._learning:
             self._pin_host_key(self._conn)
+        if self._session_on_connect:
+            await self._prime_nodelay(self._conn)
+
+    @staticmethod
+    async def _prime_nodelay(conn: asyncssh.SSHClientConnection) -> None:
+        """Run one session (``true``), so that the login node's sshd sets TCP_NODELAY on this connection.
+
+        OpenSSH's sshd sets it only once a session starts (``ssh_packet_set_interactive``); a connection
+        that only ever opens ``direct-tcpip`` channels keeps Nagle on, and small answers through the
+        proxy then wait for a delayed ACK now and then (measured: p99 45-55 ms per small request on a
+        kept-alive connection against 2.4 ms once a command had run). A key restricted to forwarding
+        with ``command="/bin/false"`` (see the README) still starts the session: its failure is fine.
+        """
+        try:
+            await asyncio.wait_for(conn.run("true", check=False), 10)
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
+            log.debug("SSH %s: the session that sets TCP_NODELAY failed: %s", conn.get_extra_info("peername"), exc)
 
     async def _aio_run(self, command: str, stdin: str | None) -> tuple[int | None, str, str]:
         conn = self._conn

@@ -6,8 +6,9 @@ cluster. The same service is then reached three ways:
 * ``direct``: straight to the node's port from the login node's network namespace
   (the daemon's cannot reach compute nodes, as on a real site; the load generator
   runs there with ``nsenter``): the ceiling of client and service;
-* ``proxy``: LocalProxies in this process, over the daemon's SSHClient (asyncssh on
-  its asyncio thread, one ``direct-tcpip`` channel per user connection);
+* ``proxy``: the daemon's local-mode proxy as it ships: a ``slurm-downstream proxy``
+  process (ChildProxies) with its own SSH connection (asyncssh on its asyncio thread,
+  one ``direct-tcpip`` channel per user connection);
 * ``ssh -L``: the OpenSSH client binary forwarding a local port through the same
   login node with the test cluster's key and known_hosts (a new channel per
   connection too): what a user or a C implementation gets.
@@ -43,10 +44,12 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import trio  # noqa: E402
 
 from adapters.proxy.base import ProxyTarget  # noqa: E402
-from adapters.proxy.local import LocalProxies  # noqa: E402
+from adapters.proxy.children import ChildProxies  # noqa: E402
+from adapters.proxy.local import probe  # noqa: E402
 from bench.cluster import STATE, cancel, cluster_env, free_port  # noqa: E402
 from bench.stats import percentile, show  # noqa: E402
 from config.settings import load  # noqa: E402
+from daemon.proxy_cmd import child_command, child_env  # noqa: E402
 from daemon.server import open_ssh  # noqa: E402
 from tests.support import webjob  # noqa: E402
 
@@ -133,8 +136,10 @@ def login_netns() -> str:
     return f"/run/netns/{ns}-login"
 
 
-async def _load(host: str, port: int, netns: str | None, mode: str, amount: int) -> dict:
+async def _load(host: str, port: int, netns: str | None, mode: str, amount: int, nice: int = 0) -> dict:
     argv = [sys.executable, __file__, "--client", host, str(port), mode, str(amount)]
+    if nice:  # a user's browser, which is not on the daemon's machine: it yields the shared cores
+        argv = ["nice", "-n", str(nice), *argv]
     if netns is not None:  # the client in that network namespace (same files, same python)
         argv = ["nsenter", f"--net={netns}", *argv]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
@@ -197,10 +202,12 @@ async def measure() -> dict:
         try:
             host = await webjob.node_address(ssh.run, job_id)
             async with trio.open_nursery() as nursery:
-                proxies = LocalProxies(ssh, bind="127.0.0.1", public_host="127.0.0.1")
+                # as the daemon runs it in local mode: a process of its own with its own SSH connection
+                proxies = ChildProxies(child_command(), child_env(settings), bind="127.0.0.1",
+                                       public_host="127.0.0.1")
                 await nursery.start(proxies.run)
                 with trio.fail_after(30):
-                    while not await proxies.probe(host, port):
+                    while not await probe(ssh, host, port):
                         await trio.sleep(0.2)
                 url = (await proxies.start(ProxyTarget("bench", host, port))).url
                 proxy_port = int(url.rstrip("/").rsplit(":", 1)[1])
@@ -233,7 +240,7 @@ def _print(r: dict) -> None:
          f"{r['reps']} x {r['transfer_bytes'] // MiB} MiB)", ["direction", *PATHS, "proxy / ssh -L"],
          [[mode, *(tp[mode][p] for p in PATHS), tp[mode]["proxy"] / tp[mode]["ssh -L"]] for mode in tp],
          ["direct: to the node's port from the login node, without SSH (the ceiling of client and service here)",
-          "proxy: LocalProxies over the daemon's asyncssh connection; ssh -L: the OpenSSH client binary"])
+          "proxy: the daemon's proxy process (slurm-downstream proxy, asyncssh); ssh -L: the OpenSSH client binary"])
     lat, added = r["latency_ms"], r["added_latency_ms"]
     show("proxy latency per small HTTP request (GET /, ms)",
          ["connection", *(f"{p} median" for p in PATHS), *(f"{p} p99" for p in PATHS),

@@ -61,7 +61,7 @@ class Registry:
 class ProxySettings:
     """Where interactive jobs' proxies run and how users reach them."""
 
-    mode: str = "local"  # "local": a task of the daemon; "kubernetes": a pod, service and ingress per job
+    mode: str = "local"  # "local": a process per job, run by the daemon; "kubernetes": a pod, service and ingress per job
     bind: str = "0.0.0.0"  # local mode: address the per-job listeners bind
     public_host: str = "localhost"  # local mode: host name put in the URL users open
     ports: tuple[int, int] = (0, 0)  # local mode: listener port range; (0, 0) lets the OS choose

@@ -30,7 +30,8 @@ as "-" when missing)::
                 "termination": str, "interactive": bool, "user": str (the Slurm user it runs as),
                 "history": [[ISO, "queued"], [ISO, "submitted"], ...],
                 "proxy": {"state": "serving", "url": str, "error": str, "connections": int,
-                          "bytes_up": int, "bytes_down": int} | null,
+                          "bytes_up": int, "bytes_down": int, "restarts": int,
+                          "pid": int|null} | null,           # pid: local mode's proxy process
                 "last_error": str|null}]
     }
 """
@@ -328,7 +329,9 @@ def _job_rows(jobs: list[Mapping[str, Any]]) -> str:
         if proxy:
             proxy_cell = (f'{_e(proxy.get("state"))} {_link(proxy.get("url"))}'
                           f'<div class="small">{_e(proxy.get("connections", 0))} conn, '
-                          f'up {_bytes(proxy.get("bytes_up", 0))}, down {_bytes(proxy.get("bytes_down", 0))}</div>'
+                          f'up {_bytes(proxy.get("bytes_up", 0))}, down {_bytes(proxy.get("bytes_down", 0))}'
+                          + (f', process {_e(proxy.get("pid"))}' if proxy.get("pid") else "")
+                          + (f', {_e(proxy.get("restarts"))} restart(s)' if proxy.get("restarts") else "") + '</div>'
                           + (f'<div class="error">{_e(proxy.get("error"))}</div>' if proxy.get("error") else ""))
         else:
             proxy_cell = "-" if not job.get("interactive") else "none yet"

@@ -85,6 +85,14 @@ class Interactive:
         status = self.status(job)  # the proxy's own word, not a copy of it
         return status.url if status is not None and status.state is ProxyState.SERVING else ""
 
+    def proxy_exited(self, key: str, exc: Exception, in_a_row: int) -> None:
+        """A proxy process died on its own (local mode): logged with its job and counted like any failed effect.
+
+        The backend restarts it (with backoff) by itself; the next tend sees its status meanwhile.
+        """
+        job = next((j for j in self.core.book if j.interactive and str(j.number) == key and not j.final), None)
+        self.core.supervisor.failed("proxy process", job.name if job else "", job.jobid if job else "", exc, in_a_row)
+
     # ------------------------------------------------------------ tending
     def after_poll(self) -> None:
         """Tend once more after this poll: now, or right after a tending still under way (which may have read

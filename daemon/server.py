@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -19,20 +18,22 @@ from adapters.jobscript import ScriptEnvironment
 from adapters.journal import Journal
 from adapters.kube.domain import JobsDomain
 from adapters.proxy.base import ProxyBackend
-from adapters.proxy.local import LocalProxies
+from adapters.proxy.children import ChildProxies, ExitHook
 from adapters.slurm.backend import SlurmBackend, SlurmCluster
 from adapters.slurm.client import SUBMIT_SHELLS, SlurmClient
 from adapters.slurm.files import NoClusterFiles, SshClusterFiles
 from adapters.slurm.rest import RestSlurm
-from adapters.ssh import SSHClient, SSHTarget, load_private_key
+from adapters.ssh import SSHClient, SSHTarget
 from adapters.tokens import ClientCredentials, StaticToken, TokenSource
 from config.settings import ConfigError, RestSettings, Settings
+from daemon import proxy_cmd
 from daemon.admin import admin_blueprint, config_view
 from daemon.api import VERSION, create_app
 from daemon.heap import freeze_heap
 from daemon.metrics import Metrics, instrument
 from daemon.preflight import Check, log_checks, run_preflight
 from daemon.preflight_rest import SSH_SLURM_CHECKS, rest_checks
+from daemon.process import describe_key, stop_on_signal
 from daemon.report import init_report
 from daemon.service import Downstream
 from statemachines.job import Job, JobState
@@ -51,15 +52,6 @@ def ssh_target(settings: Settings) -> SSHTarget:
         trust_on_first_use=settings.ssh_trust_on_first_use,
         keepalive=settings.ssh_keepalive,
     )
-
-
-def describe_key(pem: str) -> str:
-    """Type and fingerprint of the client key; raises ConfigError if it is unusable."""
-    try:
-        key = load_private_key(pem)
-    except ValueError as exc:
-        raise ConfigError("JARVICE_SLURM_SSH_PKEY", str(exc)) from None
-    return f"{key.algorithm.decode()} {key.get_fingerprint()}"
 
 
 def ingress_domain(settings: Settings) -> JobsDomain | None:
@@ -188,7 +180,8 @@ def _proxy_view(downstream: Downstream, job: Job) -> dict | None:
     if status is None:
         return None
     return {"state": status.state.value, "url": status.url, "error": status.error, "connections": status.connections,
-            "bytes_up": status.bytes_up, "bytes_down": status.bytes_down}
+            "bytes_up": status.bytes_up, "bytes_down": status.bytes_down, "restarts": status.restarts,
+            "pid": status.pid}
 
 
 def admin_state(downstream: Downstream, ssh: SSHClient | None, settings: Settings, started_at: float,
@@ -263,7 +256,7 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
             if handle_signals:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             if ssh is not None:  # interactive jobs reach their web service through the login node
-                downstream.proxies = await start_proxies(nursery, settings, ssh)
+                downstream.proxies = await start_proxies(nursery, settings, ssh, downstream.interactive.proxy_exited)
                 downstream.tunnels = ssh
             elector = await start_elector(nursery, settings, downstream) if settings.proxy.leader_election else None
             # everything loaded (kubernetes included, when used) and no job yet: see daemon.heap
@@ -292,8 +285,14 @@ async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settin
     return checks
 
 
-async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient) -> ProxyBackend:
-    """Interactive jobs' proxies: listeners in this process, or pods on Kubernetes."""
+async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient,
+                        on_exit: ExitHook | None = None) -> ProxyBackend:
+    """Interactive jobs' proxies: a child process per job (``slurm-downstream proxy``), or pods on Kubernetes.
+
+    Local mode runs them as processes, not as tasks of this one: the bytes users move would
+    otherwise hold this process's GIL and delay upstream's answers by up to seconds
+    (README, *Benchmarks*). ``on_exit`` hears of every child that died on its own.
+    """
     proxies: ProxyBackend
     if settings.proxy.mode == "kubernetes":
         from adapters.kube.client import KubeClient  # the kubernetes package is heavy: only when used
@@ -302,8 +301,8 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
         kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
         proxies = KubernetesProxies.from_settings(kube, settings)
     else:
-        proxies = LocalProxies(ssh, bind=settings.proxy.bind, public_host=settings.proxy.public_host,
-                               ports=settings.proxy.ports)
+        proxies = ChildProxies(proxy_cmd.child_command(), proxy_cmd.child_env(settings), bind=settings.proxy.bind,
+                               public_host=settings.proxy.public_host, ports=settings.proxy.ports, on_exit=on_exit)
     await nursery.start(proxies.run)
     log.info("interactive jobs' proxies: %s", settings.proxy.mode)
     return proxies
@@ -331,11 +330,3 @@ async def _poll_while_leading(downstream: Downstream) -> None:
         await downstream.run()
     finally:
         downstream.stand_by()
-
-
-async def stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return

@@ -40,6 +40,7 @@ class ProxyStatus:
     bytes_up: int = 0  # user -> job
     bytes_down: int = 0  # job -> user
     restarts: int = 0
+    pid: int | None = None  # the proxy's own process, when it runs as one (local mode's children)
 
 
 class ProxyBackend(Protocol):

@@ -1,8 +1,13 @@
-"""Interactive jobs' proxies run by the daemon itself: one TCP listener per job on the daemon's host.
+"""Interactive jobs' proxies as tasks of one process: a TCP listener per job, carried over one SSH connection.
+
+This is what runs inside each ``slurm-downstream proxy`` process (daemon/proxy_cmd.py),
+with exactly one proxy in it: the daemon's local mode starts one such process per job
+(adapters/proxy/children.py), a Kubernetes proxy pod is one too. The daemon no longer
+runs it in its own process: the bytes would share the daemon's GIL with upstream's API.
 
 A job's web service (noVNC, gotty) listens on its compute node, which users cannot
 reach. Each user connection accepted here gets its own SSH ``direct-tcpip`` channel
-over the daemon's one connection to the login node, and bytes are carried unchanged
+over this process's one connection to the login node, and bytes are carried unchanged
 in both directions, so plain HTTP and upgraded WebSocket connections work alike
 without the proxy knowing either protocol. The login node's sshd makes the last hop
 to the compute node, so nothing (no socat, no agent) has to run there.
@@ -68,6 +73,46 @@ async def probe(opener: TunnelOpener, host: str, port: int) -> bool:
     return True
 
 
+def check_port_range(ports: tuple[int, int]) -> tuple[int, int]:
+    """A listener port range, ``(0, 0)`` letting the OS choose; raises ValueError on anything else invalid."""
+    lo, hi = ports
+    if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"bad port range {lo}-{hi}")
+    return lo, hi
+
+
+async def listen_in_range(bind: str, ports: tuple[int, int], first: int,
+                          in_use: set[int]) -> tuple[trio.SocketListener, int]:
+    """A listener on the first free port of ``ports`` from ``first`` on (round-robin), and the port to try next.
+
+    Round-robin, so that a port a finished job freed is not at once given to the next job (a stale
+    browser tab would otherwise reach someone else's session). ``(0, 0)``: the OS chooses.
+    """
+    lo, hi = ports
+    if (lo, hi) == (0, 0):
+        return await _bind_port(bind, 0), first
+    count = hi - lo + 1
+    for i in range(count):
+        port = lo + (first - lo + i) % count
+        if port in in_use:
+            continue
+        try:
+            listener = await _bind_port(bind, port)
+        except OSError as exc:
+            if exc.errno in _TAKEN:
+                continue
+            raise
+        return listener, lo + (port - lo + 1) % count
+    raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
+
+
+async def _bind_port(bind: str, port: int) -> trio.SocketListener:
+    listeners = await trio.open_tcp_listeners(port, host=bind)
+    for extra in listeners[1:]:  # one address gives one listener; never serve on a port nobody was told
+        await extra.aclose()
+    return listeners[0]
+
+
 @dataclass
 class _Proxy:
     target: ProxyTarget
@@ -112,10 +157,9 @@ class LocalProxies:
     """
 
     def __init__(self, opener: TunnelOpener, *, bind: str = "0.0.0.0", public_host: str = "localhost",
-                 ports: tuple[int, int] = (0, 0), half_close_grace: float = 5.0) -> None:
-        lo, hi = ports
-        if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 65535:
-            raise ValueError(f"bad port range {lo}-{hi}")
+                 ports: tuple[int, int] = (0, 0), half_close_grace: float = 5.0,
+                 adopt: trio.SocketListener | None = None) -> None:
+        lo, hi = check_port_range(ports)
         self._opener = opener
         self._bind = bind
         self._public_host = f"[{public_host}]" if ":" in public_host else public_host
@@ -126,6 +170,8 @@ class LocalProxies:
         self._failed: dict[str, ProxyStatus] = {}
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        # a listener bound by someone else (the daemon, for a proxy process it supervises): the first start serves it
+        self._adopted = adopt
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the proxies' nursery until cancelled; cancelling closes every listener and connection."""
@@ -197,31 +243,12 @@ class LocalProxies:
 
     # ---------------------------------------------------------------- listeners
     async def _listen(self) -> trio.SocketListener:
-        lo, hi = self._ports
-        if (lo, hi) == (0, 0):
-            return await self._bind_port(0)
-        in_use = {p.port for p in self._proxies.values()}
-        count = hi - lo + 1
-        first = self._next_port
-        for i in range(count):
-            port = lo + (first - lo + i) % count
-            if port in in_use:
-                continue
-            try:
-                listener = await self._bind_port(port)
-            except OSError as exc:
-                if exc.errno in _TAKEN:
-                    continue
-                raise
-            self._next_port = lo + (port - lo + 1) % count
+        if self._adopted is not None:
+            listener, self._adopted = self._adopted, None
             return listener
-        raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
-
-    async def _bind_port(self, port: int) -> trio.SocketListener:
-        listeners = await trio.open_tcp_listeners(port, host=self._bind)
-        for extra in listeners[1:]:  # one address gives one listener; never serve on a port nobody was told
-            await extra.aclose()
-        return listeners[0]
+        listener, self._next_port = await listen_in_range(self._bind, self._ports, self._next_port,
+                                                          {p.port for p in self._proxies.values()})
+        return listener
 
     async def _serve(self, proxy: _Proxy, listener: trio.SocketListener, *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -29,8 +29,10 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from adapters.errors import ClusterUnavailable
 from adapters.proxy.base import ProxyState, ProxyTarget
+from adapters.proxy.children import ChildProxies
 from adapters.proxy.local import LocalProxies
 from adapters.ssh import SSHClient, SSHTarget
+from daemon.proxy_cmd import child_command, child_env
 from daemon.server import open_ssh, ssh_target
 from tests.integration.conftest import cluster_env, settings, slurm, state
 from tests.support import webjob
@@ -515,3 +517,47 @@ def test_the_proxy_command_logs_in_the_daemons_format() -> None:
     assert run.returncode == 1 and lines
     records = [json.loads(line) for line in lines]
     assert any("not started" in r["message"] for r in records), records
+
+
+# ------------------------------------------------------------------ local mode: a process per job (ChildProxies)
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def test_proxy_processes_are_re_aimed_on_the_same_port_and_all_stop_with_the_daemon(start_job) -> None:
+    """The daemon's local mode: a moved job (requeued onto another node) gets its proxy process restarted with
+    the new target on the same port, so its URL does not change; a stopped proxy's process and port go; the
+    backend's end (the daemon stopping) terminates every process left."""
+    first, second, third = await start_job(), await start_job(), await start_job()
+    conf = settings()
+    backend = ChildProxies(child_command(), child_env(conf), bind="127.0.0.1", public_host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.run)
+        status = await backend.start(first.target("601"))
+        assert status.state is ProxyState.SERVING and status.pid is not None, status
+        url, pid = status.url, status.pid
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert f"job {first.id}<" in (await client.get(url)).text
+        await echo(ws_url(url), os.urandom(MiB))
+
+        moved = await backend.start(second.target("601"))  # same key, another node or port
+        assert moved.state is ProxyState.SERVING and moved.url == url and moved.restarts == 1
+        assert moved.pid != pid and not alive(pid)
+        assert moved.bytes_up > MiB, "the counters carry over a restart (the metrics count deltas)"
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert f"job {second.id}<" in (await client.get(url)).text
+
+        other = await backend.start(third.target("602"))
+        assert other.state is ProxyState.SERVING and other.url != url
+        await backend.stop("601")
+        assert not alive(moved.pid) and backend.status("601") is None and await backend.keys() == {"602"}
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port_of(url))
+        nursery.cancel_scope.cancel()
+    assert not alive(other.pid), "the daemon's stop terminates its proxy processes"
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port_of(other.url))
