@@ -81,3 +81,26 @@ async def test_over_ssh_the_bearer_is_not_read() -> None:
         jobid, _ = await world.downstream.submit({**submit_args("ident-ssh", 1, "true"), "bearer": "not-a-jwt"})
         assert world.twin.jobs[jobid].user == ""
         nursery.cancel_scope.cancel()
+
+
+async def test_a_users_job_that_becomes_invisible_is_not_reported_finished() -> None:
+    """PrivateData=jobs without the coordinator role: the user's job vanishes from the service user's view.
+    Nothing says it ended, so it keeps its state (a service job gone without a trace does end, UNKNOWN)."""
+    world = World(user_claim="preferred_username", service_user="jarvice")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        while not world.downstream.ready:
+            await trio.sleep(0.01)
+        alice, _ = await world.downstream.submit({**submit_args("vis-a", 1, "sleep 60"),
+                                                  "bearer": token(preferred_username="alice")})
+        mine, _ = await world.downstream.submit({**submit_args("vis-s", 2, "sleep 60"), "bearer": ""})
+        world.twin.start(alice)
+        world.twin.start(mine)
+        await world.poll()
+        del world.twin.jobs[alice], world.twin.jobs[mine]  # no longer listed, no record, no exit-code file
+        await world.poll()
+        await world.poll()
+        job = world.downstream.book.get(alice)
+        assert not job.final and str(job.state) == "running" and "coordinator" in job.last_error
+        assert world.downstream.book.get(mine).final
+        nursery.cancel_scope.cancel()
