@@ -47,19 +47,37 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
     checks.insert(0, Check("slurmrestd", "ok", f"{rest.url}: slurmctld answers and accepts the token from "
                                                f"{rest.token_source}"))
     others = sorted(u for u in users if u != control.service_user)
-    if others:
+    try:
+        coordinates = await control.coordinated_accounts()
+    except DownstreamError as exc:
+        coordinates = None
+        checks.append(Check("coordinator", "warning", f"could not ask slurmdbd through slurmrestd: {exc}"))
+    add = (f"sacctmgr add coordinator account=<the JARVICE users' accounts> names={control.service_user or '<service user>'}")
+    if coordinates == []:
+        checks.append(Check(
+            "job visibility", "warning",
+            f"the service user {control.service_user} coordinates no account: with PrivateData=jobs it sees only its "
+            f"own jobs, and a JARVICE user's job would look gone (it is kept, not ended)",
+            f"make it a coordinator of the accounts JARVICE users submit under: {add}"))
+    elif coordinates:
+        checks.append(Check("job visibility", "ok", f"the service user {control.service_user} coordinates "
+                                                    f"{', '.join(coordinates)}; it sees jobs of {len(others)} other user(s)"))
+    elif others:
         checks.append(Check("job visibility", "ok", f"the service user sees jobs of {len(others)} other user(s)"))
     else:
         checks.append(Check(
             "job visibility", "warning",
             f"the service user ({control.service_user or 'unknown'}) sees no other user's job: none runs, or "
             "PrivateData=jobs hides them",
-            "with PrivateData=jobs, make it a coordinator of the JARVICE users' accounts: "
-            f"sacctmgr add coordinator account=<account> names={control.service_user or '<service user>'}"))
-    checks.append(Check("accounting", "warning" if control.accounting == "controller" else "ok",
-                        "exit codes of finished jobs from slurmctld until MinJobAge, then from the jobs' exit-code files"
-                        if control.accounting == "controller" else control.accounting,
-                        "keep MinJobAge at least a few poll intervals (scontrol show config | grep MinJobAge)"))
+            f"with PrivateData=jobs, make it a coordinator of the JARVICE users' accounts: {add}"))
+    if control.accounting == "controller":
+        checks.append(Check("accounting", "warning", "slurmrestd serves no accounting (openapi/slurmdbd): exit codes "
+                                                     "of finished jobs from slurmctld until MinJobAge, then from the "
+                                                     "jobs' exit-code files",
+                            "run slurmrestd with -s openapi/slurmctld,openapi/slurmdbd; keep MinJobAge at least a few "
+                            "poll intervals"))
+    else:
+        checks.append(Check("accounting", "ok", "slurmdbd through slurmrestd (jobs slurmctld has purged)"))
     if not settings.has_ssh:
         checks.append(Check("ssh", "warning", "not configured: job output (tail, exitstatus logs) is not available and "
                                               "interactive jobs are refused",

@@ -36,7 +36,7 @@ from adapters.jobscript import NAME_RE, Submission, jobs_dir_of
 from adapters.slurm import rest_shapes as shapes
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.files import check_jobid
-from adapters.slurm.parsers import JOB_PREFIX, NODE_NAME_RE, SlurmJob
+from adapters.slurm.parsers import JOB_PREFIX, NODE_NAME_RE, AccountingRecord, SlurmJob
 from statemachines.slurm_states import FINISHED_CODES
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ class RestSlurm:
         self.wanted_parser = parser
         self.parser = "" if parser == "auto" else parser  # chosen by preflight
         self.offered: list[str] = []
-        self.accounting = "controller" if accounting == "auto" else accounting
+        self.wanted_accounting = accounting
+        self.accounting = "controller" if accounting == "auto" else accounting  # "slurmdbd" once preflight sees it
         self.timeout = timeout
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -166,12 +167,40 @@ class RestSlurm:
         raise ClusterUnavailable(f"slurmrestd at {self.url} serves no OpenAPI description")
 
     async def choose_parser(self) -> str:
-        self.offered = shapes.offered_parsers(await self.openapi())
+        """The data parser, and where finished jobs are looked up: slurmdbd when slurmrestd serves it."""
+        openapi = await self.openapi()
+        self.offered = shapes.offered_parsers(openapi)
         try:
             self.parser = shapes.choose_parser(self.offered, self.wanted_parser)
         except ValueError as exc:
             raise Misconfigured("JARVICE_SLURM_DATA_PARSER_VERSION", str(exc)) from None
+        if self.wanted_accounting == "auto":
+            self.accounting = "slurmdbd" if shapes.serves_accounting(openapi, self.parser) else "controller"
         return self.parser
+
+    def _dbd(self, rest: str) -> str:
+        return f"{self.url}/slurmdb/{self.parser}/{rest}"
+
+    async def _accounted(self, jobid: str) -> AccountingRecord | None:
+        """slurmdbd's record of a job slurmctld no longer holds; None when it has none. Unreachable: raised,
+        since "nothing known" would end the job."""
+        status, answer = await self._request("GET", self._dbd(f"job/{check_jobid(jobid)}"), what="sacct")
+        records = [r for r in answer.get("jobs") or () if isinstance(r, dict)]
+        if status != 200:  # slurmdbd down or refusing: nothing may be concluded (an unknown job is a 200, empty)
+            raise ClusterUnavailable(f"sacct: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+        return shapes.accounting_of(records[0]) if records else None
+
+    async def coordinated_accounts(self) -> list[str] | None:
+        """The accounts the service user coordinates (what it sees of others' jobs under PrivateData=jobs);
+        None when slurmrestd serves no accounting."""
+        if self.accounting != "slurmdbd":
+            return None
+        _, answer = await self._request("GET", self._dbd(f"user/{self.service_user}"), what="sacctmgr show user",
+                                        params={"with_coords": "true"})
+        users = [u for u in answer.get("users") or () if isinstance(u, dict)]
+        if not users:
+            return []
+        return sorted(str(c.get("name")) for c in users[0].get("coordinators") or () if isinstance(c, dict))
 
     async def preflight(self) -> ClusterInfo:
         """Which parser, which Slurm, and the controller's settings the daemon depends on (MinJobAge...)."""
@@ -289,12 +318,13 @@ class RestSlurm:
             async with limit:
                 try:
                     record = await self._job(jobid)
+                    accounted = await self._accounted(jobid) if record is None and self.accounting == "slurmdbd" else None
                 except DownstreamError as exc:
                     failures.append(exc)
                     return
             now = self.wall()
             if record is None:
-                facts[jobid] = JobFacts(jobid=jobid)
+                facts[jobid] = JobFacts(jobid=jobid, accounting=accounted)
                 return
             facts[jobid] = JobFacts(jobid=jobid, squeue=shapes.job_of(record, now), accounting=shapes.record_of(record, now))
 

@@ -143,6 +143,24 @@ def record_of(record: Mapping[str, Any], now: float | None = None) -> Accounting
                             elapsed=job.elapsed, nodes=job.nodes)
 
 
+def accounting_of(record: Mapping[str, Any]) -> AccountingRecord | None:
+    """A job of slurmdbd's ``GET /slurmdb/<parser>/job/<id>`` (after slurmctld purged it); None when not ours."""
+    name = record.get("name")
+    jobid = record.get("job_id")
+    if not isinstance(name, str) or not name.startswith(JOB_PREFIX) or not isinstance(jobid, int):
+        return None
+    state = record.get("state")
+    code = state_code(state.get("current") if isinstance(state, dict) else state)
+    times = record.get("time") if isinstance(record.get("time"), dict) else {}
+    return AccountingRecord(jobid=str(jobid), name=name[len(JOB_PREFIX):], code=code, exit_code=exit_status(record),
+                            elapsed=number(times.get("elapsed")) or 0, nodes=expand_nodes(record.get("nodes") or ""))
+
+
+def serves_accounting(openapi: Mapping[str, Any], parser: str) -> bool:
+    """Whether slurmrestd also runs ``openapi/slurmdbd`` (jobs slurmctld forgot, coordinators)."""
+    return f"/slurmdb/{parser}/job/{{job_id}}" in openapi.get("paths", {})
+
+
 # ------------------------------------------------------------------ /events: a job as readable text
 # REST field -> the name ``scontrol show job`` prints it under, in scontrol's order
 _SHOWN = {"job_id": "JobId", "name": "JobName", "user_name": "UserId", "account": "Account", "partition": "Partition",

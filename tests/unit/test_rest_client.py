@@ -178,3 +178,41 @@ async def test_a_client_the_token_endpoint_refuses_is_unavailable_not_an_interna
     rest = client(lambda request: httpx.Response(200, json={}), Refused())
     with pytest.raises(ClusterUnavailable, match="unauthorized_client"):
         await rest.poll()
+
+
+async def test_with_slurmdbd_a_purged_job_has_its_record_and_coordinators_are_read() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/slurm/v0.0.42/job/"):  # slurmctld purged it
+            return httpx.Response(404, json=recorded("job-unknown-24.11-v0.0.42.json"))
+        if path == "/slurmdb/v0.0.42/job/12":
+            return httpx.Response(200, json=recorded("dbjob-failed-24.11-v0.0.42.json"))
+        if path == "/slurmdb/v0.0.42/user/jarvice" and request.url.params.get("with_coords") == "true":
+            return httpx.Response(200, json=recorded("user-coords-24.11-v0.0.42.json"))
+        return httpx.Response(404, json={"errors": [{"error": "no such path"}]})
+
+    rest = client(handler)
+    rest.accounting = "slurmdbd"  # as preflight sets it when slurmrestd serves /slurmdb/...
+    facts = await rest.inspect("12")
+    assert facts.squeue is None and facts.accounting is not None and facts.accounting.exit_code == 3
+    assert await rest.coordinated_accounts() == ["acct_alice", "acct_bob"]
+    rest.accounting = "controller"
+    assert (await rest.inspect("12")).accounting is None and await rest.coordinated_accounts() is None
+
+
+async def test_slurmdbd_not_answering_is_unavailable_not_nothing_known() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/slurm/"):
+            return httpx.Response(404, json=recorded("job-unknown-24.11-v0.0.42.json"))
+        return httpx.Response(502, text="Bad Gateway")
+
+    rest = client(handler)
+    rest.accounting = "slurmdbd"
+    with pytest.raises(ClusterUnavailable):  # else the job would end UNKNOWN while slurmdbd is merely down
+        await rest.inspect("12")
+    body = {"jobs": [], "errors": [{"error_number": 7000, "error": "Unable to connect to database"}]}
+    rest = client(lambda request: httpx.Response(404, json=recorded("job-unknown-24.11-v0.0.42.json"))
+                  if request.url.path.startswith("/slurm/") else httpx.Response(500, json=body))
+    rest.accounting = "slurmdbd"
+    with pytest.raises(ClusterUnavailable, match="Unable to connect to database"):
+        await rest.inspect("12")

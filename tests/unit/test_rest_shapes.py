@@ -119,3 +119,11 @@ def test_the_job_description_carries_what_sbatch_would_be_told() -> None:
 def test_an_option_rest_cannot_carry_is_refused_by_name() -> None:
     with pytest.raises(shapes.UnsupportedOption, match="--x11"):
         shapes.job_description(["--job-name=jarvice_a", "--x11=all"], "#!/bin/sh\n", {})
+
+
+def test_a_purged_job_is_read_from_slurmdbds_record() -> None:
+    (record,) = fixture("dbjob-failed-24.11-v0.0.42.json")["jobs"]
+    acct = shapes.accounting_of(record)
+    assert acct is not None and acct.code == "F" and acct.exit_code == 3 and acct.nodes == ("node1",)
+    assert acct.name.startswith("20261123-contract-") and acct.jobid == "12"
+    assert shapes.accounting_of({**record, "name": "not-ours"}) is None
