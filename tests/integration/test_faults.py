@@ -71,9 +71,9 @@ async def submit(up: Upstream, tag: str, number: int, body: str, rc: int, **kw: 
 async def slurm_jobs() -> dict[str, list[tuple[str, str]]]:
     """Upstream name -> [(job id, state code)] of every ``jarvice_`` job Slurm knows, by id.
 
-    Root's ``squeue -t all`` for jobs it still shows, and the jobcomp log for jobs it has
-    already purged (the test cluster keeps finished jobs only MinJobAge = 10 s), so a
-    duplicate is counted even after Slurm forgot it.
+    Root's ``squeue -t all`` for jobs it still shows, and the jobcomp log (22.05) or root's
+    ``sacct -a`` (slurmdbd: 24.11, 26.05) for jobs it has already purged (the test cluster keeps
+    finished jobs only MinJobAge = 10 s), so a duplicate is counted even after Slurm forgot it.
     """
     jobs: dict[str, dict[str, str]] = {}
     jobcomp = state() / "log" / "jobcomp.log"
@@ -81,6 +81,15 @@ async def slurm_jobs() -> dict[str, list[tuple[str, str]]]:
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         if fields.get("Name", "").startswith("jarvice_"):
             jobs.setdefault(fields["Name"][len("jarvice_"):], {})[fields["JobId"]] = to_code(fields["JobState"])
+    if current().accounting == "slurmdbd":  # (slurmdbd answers while slurmctld is down, too)
+        with trio.fail_after(30):
+            acct = await trio.run_process(current().login("sacct", "-a", "-X", "-n", "-P", "-S", "2020-01-01",
+                                                          "-o", "JobID,JobName,State"),
+                                          capture_stdout=True, capture_stderr=True)
+        for line in acct.stdout.decode(errors="replace").splitlines():
+            jobid, name, st = line.split("|", 2)
+            if name.startswith("jarvice_"):
+                jobs.setdefault(name[len("jarvice_"):], {})[jobid] = to_code(st)
     for line in (await squeue(state(), "-t", "all", "-o", "%A|%j|%t")).splitlines():
         jobid, name, code = line.strip().split("|")
         if name.startswith("jarvice_"):

@@ -35,7 +35,7 @@ BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-tes
 REST_VERSIONS = ("24.11", "26.05")
 REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
 # modules about slurmrestd itself: only ``[slurm-<v>-rest]`` (with SLURM_VERSIONS=22.05 alone: skipped, empty set)
-REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth"}
+REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth", "test_cluster_identities"}
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
                  "test_preflight", "test_topology"}
@@ -134,6 +134,56 @@ class Cluster:
         response = httpx.post(f"{self.oidc_admin}/{what}", json=body, timeout=10)
         response.raise_for_status()
         return response.json()
+
+    # accounting, job users and accounts (24.11, 26.05: slurmdbd, PrivateData=jobs; tests/cluster/up)
+
+    def _params(self) -> dict[str, str]:
+        """The settings the cluster was brought up with (``<state>/up.params``: ``KEY=value ...``)."""
+        return dict(p.partition("=")[::2] for p in (self.state / "up.params").read_text().split())
+
+    @property
+    def accounting(self) -> str:
+        """``slurmdbd`` (24.11, 26.05: sacct, accounts, PrivateData=jobs), ``jobcomp`` (22.05: ``sacct -c``) or ``none``."""
+        return self._params().get("ACCOUNTING", "jobcomp")
+
+    def _ids_env(self, key: str) -> str:
+        env = read_exports(self.state / "env.sh")
+        if key not in env:
+            raise LookupError(f"the Slurm {self.version} test cluster in {self.state} has no job users ({key} unset)")
+        return env[key]
+
+    @property
+    def service_user(self) -> str:
+        """The SSH user, also the service token's user (``jarvice``)."""
+        return read_exports(self.env_file)["JARVICE_SLURM_SSH_USER"]
+
+    @property
+    def job_users(self) -> tuple[str, ...]:
+        """Users that submit their own jobs through slurmrestd (``("alice", "bob")``), each in an account of its own."""
+        return tuple(self._ids_env("TESTCLUSTER_JOB_USERS").split())
+
+    @property
+    def user_group(self) -> str:
+        """The group of the service user and the job users (``jarvice``; JARVICE_SLURM_SSH_USER_GROUP)."""
+        return self._ids_env("TESTCLUSTER_USER_GROUP")
+
+    def account_of(self, user: str) -> str:
+        """A user's Slurm account, its default (``acct_alice``); the service user has one too."""
+        return dict(e.split(":", 1) for e in self._ids_env("TESTCLUSTER_ACCOUNTS").split())[user]
+
+    @property
+    def coordinated_accounts(self) -> tuple[str, ...]:
+        """The accounts the service user is coordinator of (the job users'): with PrivateData=jobs, what it sees."""
+        return tuple(self._ids_env("TESTCLUSTER_COORDINATES").split())
+
+    @property
+    def jobs_dir(self) -> Path:
+        """``<scratch>/.jarvice``: the jobs' shared dir, owner the service user, group user_group, mode 3770."""
+        return Path(self._ids_env("TESTCLUSTER_JOBS_DIR"))
+
+    def user_token(self, user: str, lifetime: int = 600, **kw: object) -> str:
+        """A token the OIDC stand-in signs for ``user`` (``preferred_username``), as JARVICE's identity provider would."""
+        return str(self.oidc("token", username=user, lifetime=lifetime, **kw)["access_token"])
 
     def is_up(self) -> bool:
         """tests/cluster/status: every daemon of the cluster runs and answers (not merely: daemon.env exists)."""
