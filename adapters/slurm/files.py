@@ -76,7 +76,9 @@ class SshClusterFiles:
                 raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
             self.scratch_dir = home
         dirs = " ".join(shlex.quote(d) for d in (self.jobs_dir, f"{self.jobs_dir}/jobs"))
-        mode = "3770" if self.users_write else "2750"
+        # symbolic: what the jobs need is added, nothing an admin granted is taken (the dir may be shared
+        # by a daemon of each client); others never read the jobs' files
+        mode = "g+rwxs,o-rwx,+t" if self.users_write else "g+rxs,o-rwx"
         # only the directories this user owns (a job may have made jobs/ first, as another user)
         share = (f' && for d in {dirs}; do if [ -O "$d" ]; then chgrp {shlex.quote(self.job_group)} "$d" && '
                  f'chmod {mode} "$d" || exit 1; fi; done' if self.job_group else "")
