@@ -48,21 +48,6 @@ pytestmark = pytest.mark.cluster
 V = "v0.0.42"   # offered by both 24.11 (v0.0.40-42) and 26.05 (v0.0.42-45)
 
 
-@pytest.fixture(autouse=True)
-def jobs_dir_as_up_made_it() -> None:
-    """The jobs' shared dir as tests/cluster/up makes it (3770, group jarvice), which users' jobs need.
-
-    Today's daemon, given JARVICE_SLURM_SSH_USER_GROUP, makes it 2750 when it starts (adapters/slurm/
-    files.py), so an earlier test's daemon leaves it so; until issue 15's daemon side keeps it writable
-    by the group, put it back.
-    """
-    cluster = current()
-    jobs_dir = cluster.jobs_dir
-    if stat.S_IMODE(jobs_dir.stat().st_mode) != 0o3770:
-        print(f"{jobs_dir} was {oct(stat.S_IMODE(jobs_dir.stat().st_mode))}: back to 3770")
-        jobs_dir.chmod(0o3770)
-
-
 def rest(method: str, path: str, token: str, **kw: object) -> httpx.Response:
     return httpx.request(method, f"{current().rest_url}/{path}", headers={"X-SLURM-USER-TOKEN": token}, timeout=30, **kw)
 
