@@ -79,6 +79,8 @@ class ScriptEnvironment:
     global_registries: tuple[str, ...] = ()  # registries whose images every cluster already has
     ingress: JobsDomain | None = None  # path-based Kubernetes ingress: apps must serve under job<N>
     job_group: str = ""  # group that may read the jobs' files (JARVICE_SLURM_SSH_USER_GROUP); "" keeps them private
+    # slurmrestd's per-user jobs share the jobs dir and JARVICE's image cache: the group may also write (umask 007)
+    users_write: bool = False
     singularity_verbose: bool = False
     http_proxy: str = ""
     https_proxy: str = ""
@@ -472,7 +474,7 @@ def wrap(filled: str, req: JobRequest, env: ScriptEnvironment) -> str:
     return (
         "#!/bin/bash\n"
         f"# slurm-downstream: JARVICE job {req.name} (number {req.number})\n"
-        f"umask {'027' if env.job_group else '077'}\n"
+        f"umask {'007' if env.users_write and env.job_group else '027' if env.job_group else '077'}\n"
         f"export JARVICE_SCRATCH={q(env.scratch_dir)}\n"
         f"export JARVICE_PAYLOAD={q(env.jobs_dir)}/\"$SLURM_JOB_ID.job.sh\"\n"
         f"export JARVICE_RC_FILE={q(env.jobs_dir)}/\"$SLURM_JOB_ID.rc\"\n"

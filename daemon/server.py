@@ -73,6 +73,7 @@ def script_environment(settings: Settings) -> ScriptEnvironment:
         global_registries=settings.global_registries,
         ingress=ingress_domain(settings),
         job_group=settings.job_group,
+        users_write=settings.rest is not None,
         service_port=settings.service_port,
         ssh_port=settings.ssh_port,
         singularity_tmpdir=settings.singularity_tmpdir,

@@ -75,14 +75,19 @@ class SshClusterFiles:
             if not home:
                 raise CommandFailed("sh -s", 0, "the login node did not say what the user's home directory is")
             self.scratch_dir = home
-        dirs = " ".join(shlex.quote(d) for d in (self.jobs_dir, f"{self.jobs_dir}/jobs"))
+        # jobs/: JARVICE's per-job trees; cache/: JARVICE's image cache, shared by every job (and user)
+        cache = shlex.quote(f"{self.jobs_dir}/cache")
+        dirs = " ".join(shlex.quote(d) for d in (self.jobs_dir, f"{self.jobs_dir}/jobs", f"{self.jobs_dir}/cache"))
         # symbolic: what the jobs need is added, nothing an admin granted is taken (the dir may be shared
         # by a daemon of each client); others never read the jobs' files
         mode = "g+rwxs,o-rwx,+t" if self.users_write else "g+rxs,o-rwx"
         # only the directories this user owns (a job may have made jobs/ first, as another user)
         share = (f' && for d in {dirs}; do if [ -O "$d" ]; then chgrp {shlex.quote(self.job_group)} "$d" && '
                  f'chmod {mode} "$d" || exit 1; fi; done' if self.job_group else "")
-        await self._run(f"mkdir -p {dirs} && test -w {shlex.quote(self.jobs_dir)}{share}")
+        # images and their locks cached before per-user jobs existed: the users' jobs must be able to take the locks
+        cached = (f' && {{ find {cache} -maxdepth 1 -user "$(id -un)" ! -perm -g+w -exec chmod g+w {{}} + 2>/dev/null; true; }}'
+                  if self.users_write and self.job_group else "")
+        await self._run(f"mkdir -p {dirs} && test -w {shlex.quote(self.jobs_dir)}{share}{cached}")
 
     async def rc_files(self, jobids: Sequence[str]) -> dict[str, int | None]:
         """Each job's exit-code file (``<jobid>.rc``), read in one command; None where there is none."""

@@ -35,7 +35,7 @@ BASE = os.environ.get("SLURM_DOWNSTREAM_TESTCLUSTER", "/tmp/slurm-downstream-tes
 REST_VERSIONS = ("24.11", "26.05")
 REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
 # modules about slurmrestd itself: only ``[slurm-<v>-rest]`` (with SLURM_VERSIONS=22.05 alone: skipped, empty set)
-REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth", "test_cluster_identities"}
+REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth", "test_cluster_identities", "test_user_identities"}
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
                  "test_preflight", "test_topology"}

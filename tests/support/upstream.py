@@ -104,11 +104,14 @@ def job_script(body: str, *, cores: int = 1, interactive: bool = False, devices:
     ]) + "\n"
 
 
+PLACEHOLDER_BEARER = "upstream-bearer-token"  # stands for the user's JWT; Upstream(bearer=...) puts a real one
+
+
 def submit_args(name: str, number: int, body: str, *, nodes: int = 1, held: bool = False,
                 executor: str = "singularity", **script: object) -> dict:
     encoded = base64.b64encode(job_script(body, **script).encode()).decode()  # type: ignore[arg-type]
     args = {"name": name, "number": number, "nodes": nodes, "hpc_script": {executor: encoded},
-            "bearer": "upstream-bearer-token"}
+            "bearer": PLACEHOLDER_BEARER}
     if held:
         args["held"] = True
     return args
@@ -124,7 +127,7 @@ class Upstream:
     bearer: str | None = None
 
     async def post(self, path: str, args: dict) -> httpx.Response:
-        if path == "/submit" and self.bearer is not None and "bearer" in args:
+        if path == "/submit" and self.bearer is not None and args.get("bearer") == PLACEHOLDER_BEARER:
             args = {**args, "bearer": self.bearer}
         return await self.client.post(path, data={"args": json.dumps(args)})
 
