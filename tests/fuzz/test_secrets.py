@@ -169,6 +169,7 @@ class Session:
     answers: list[tuple[str, str]]  # (what was asked, status + headers + body)
     logs: KeepAll
     tail: str
+    journal: bytes = b""  # the SQLite journal the daemon wrote, as bytes on disk
 
 
 def script(secrets: Secrets, **changes: str) -> str:
@@ -236,7 +237,7 @@ JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{
 
 
 @pytest.fixture(scope="module", params=["ssh_client", "slurmrestd_client"])
-def session(request: pytest.FixtureRequest) -> Iterator[Session]:
+def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     rest = [v for v in VERSIONS if v in REST_VERSIONS]
     if request.param == "ssh_client":
         version = VERSIONS[0]
@@ -250,12 +251,13 @@ def session(request: pytest.FixtureRequest) -> Iterator[Session]:
             secrets.forms["Keycloak client secret"] = cluster_env()["JARVICE_KEYCLOAK_CLIENT_SECRET"]
             secrets.bearer = user_token() or ""
             secrets.forms["the user's bearer token"] = secrets.bearer
+        journal = tmp_path_factory.mktemp("journal") / "journal.sqlite3"
         with every_log_record(logging.DEBUG) as logs:
-            conf = settings(**secrets.env)
+            conf = settings(**secrets.env, JARVICE_SLURM_JOURNAL=str(journal))
             assert conf.log_level == logging.DEBUG and conf.slurm_client == request.param
             with daemon_thread(conf) as daemon:
                 answers, tail = drive(daemon, secrets)
-    yield Session(secrets, answers, logs, tail)
+    yield Session(secrets, answers, logs, tail, journal.read_bytes() if journal.exists() else b"")
 
 
 def leaks(secrets: Secrets, surfaces: list[tuple[str, str]]) -> list[str]:
@@ -300,6 +302,15 @@ def test_no_secret_in_any_answer(session: Session) -> None:
 
 def test_no_secret_in_any_log_line(session: Session) -> None:
     assert not log_leaks(session), "\n".join(log_leaks(session))
+
+
+def test_no_secret_in_the_journal(session: Session) -> None:
+    """What the daemon keeps on disk (submits in doubt, outcomes, answers) holds no secret: the users'
+    tokens above all (with slurmrestd only the user's name is kept)."""
+    assert session.journal, "the session wrote no journal"
+    text = session.journal.decode("utf-8", errors="replace")
+    found = leaks(session.secrets, [("the journal", text)])
+    assert not found, "\n".join(found)
 
 
 def test_the_refused_secret_inputs_were_refused_by_name(session: Session) -> None:
