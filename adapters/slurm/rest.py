@@ -73,7 +73,7 @@ class RestSlurm:
                  accounting: str = "auto", wall: Any = time.time) -> None:
         self.url = url.rstrip("/")
         self.tokens = tokens
-        self.user = user  # the service user: PATH/HOME of its jobs, and whose jobs are "ours" in find_by_name
+        self.user = user  # the service user (JARVICE_SLURM_SSH_USER), when the service token names none
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.wanted_parser = parser
         self.parser = "" if parser == "auto" else parser  # chosen by preflight
