@@ -5,7 +5,7 @@ bench`` brings it up), printing each table as it completes, then a summary
 against the targets, and writes everything to ``bench/results.json`` (or
 ``--out`` / ``$BENCH_OUT``). Names select a subset: freshness, api_latency,
 cluster_load, submit_throughput, interactive_load, baseline, footprint, proxy_throughput,
-marker_filter.
+marker_filter, rest (the daemon through slurmrestd; 24.11 and 26.05 clusters only).
 
 The order matters because the daemon adopts every job it finds in Slurm: the
 100-job measurements come first, then the submit benchmark brings the real
@@ -38,6 +38,7 @@ from bench import (
     marker_filter,
     proxy_throughput,
     recovery,
+    rest_load,
     submit_throughput,
 )
 from bench.cluster import ClusterMissing, cluster_env, machine
@@ -61,6 +62,8 @@ STAGES: list[Stage] = [
     ("footprint", "memory and CPU", False, footprint.run),
     ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
     ("recovery", "recovery after a partition (simulated)", False, recovery.stage),
+    # its own daemon in REST mode and its own jobs (up to ~9,500), all cancelled at the end; skipped without slurmrestd
+    ("rest", "slurmrestd mode: submit rate, requests/min, latency at ~9,500 real jobs, poll cost", False, rest_load.run),
 ]
 NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput", "marker_filter"})
 
