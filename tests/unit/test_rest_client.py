@@ -19,6 +19,7 @@ import pytest
 
 from adapters import jobscript
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.slurm import rest as rest_module
 from adapters.slurm.rest import RestSlurm
 from adapters.tokens import TokenRefused
 from tests.support.upstream import submit_args
@@ -146,6 +147,26 @@ async def test_nothing_changed_reuses_the_last_complete_listing() -> None:
     second = await rest.poll()
     assert asked[0] is None and asked[1] == str(recorded("running-24.11-v0.0.42.json")["last_update"]["number"])
     assert second.complete and set(second.jobs) == set(first.jobs) == {"5", "6"}
+
+
+async def test_a_large_listing_is_read_off_the_trio_thread_and_kept_slim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A complete listing above LARGE_ANSWER is parsed in a worker thread; "nothing changed" answers from what was
+    kept of it (only the fields a SlurmJob is made of) give the same jobs as the listing itself."""
+    monkeypatch.setattr(rest_module, "LARGE_ANSWER", 0)
+    answers = [recorded("running-24.11-v0.0.42.json"), recorded("nochange-24.11-v0.0.42.json")]
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, json=answers[min(calls, 2) - 1])
+
+    rest = client(handler)
+    rest.wall = lambda: 1_800_000_000.0  # the same "now" for both polls: elapsed times compare equal
+    first = await rest.poll()
+    second = await rest.poll()
+    assert set(first.jobs) == {"5", "6"} and second.jobs == first.jobs
+    assert all(set(record) <= set(rest_module._KEPT) for record in rest._listed)  # noqa: SLF001
 
 
 async def test_the_oldest_parsers_always_get_a_complete_listing() -> None:
