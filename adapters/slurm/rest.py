@@ -14,11 +14,14 @@ fresh token was tried); Slurm refusing a job -> ``CommandFailed`` with Slurm's m
 
 from __future__ import annotations
 
+import gc
 import json as jsonlib
 import logging
 import math
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -53,14 +56,54 @@ _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID
 # A token slurmctld refuses (forged, expired, no user claim) gets 511 with error 1007 "Protocol authentication
 # error" (measured on 24.11 and 26.05); only a missing one gets 401.
 _TOKEN_REFUSED = {401, 403, 511}
-# An answer larger than this is parsed in a worker thread: a complete listing is ~7.8 KB of (pretty) JSON per job
-# slurmctld holds, 74 MB and 1.1 s of json.loads at 9,400 jobs (measured on 24.11), which on the trio thread
-# would hold every upstream call that long.
+# An answer larger than this is parsed in a worker thread with the cyclic garbage collector paused. A complete
+# listing is ~7.8 KB of (pretty) JSON per job slurmctld holds: 74 MB at 9,400 jobs (24.11). Parsed as is it took
+# 1.1 s, and the millions of containers it makes set off full collections that hold the GIL 90-200 ms each, for
+# every thread (the trio loop too); none of them finds garbage. The poll keeps only our jobs, and of each only the
+# fields a SlurmJob is made of, and drops the rest before the collector runs again.
 LARGE_ANSWER = 256 * 1024
-# What the poll keeps of each listed job for "nothing changed" answers: the fields ``shapes.job_of`` reads. The
-# whole record is ~130 fields; kept for 9,400 jobs they were ~1.2 million objects that every full garbage
-# collection walked.
 _KEPT = ("job_id", "name", "job_state", "state_reason", "nodes", "comment", "start_time", "end_time")
+
+_paused_lock = threading.Lock()
+_paused = 0  # worker threads parsing with the collector paused
+_was_enabled = True
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic collection meanwhile (process-wide; reference counting still frees what is dropped)."""
+    global _paused, _was_enabled
+    with _paused_lock:
+        if _paused == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _was_enabled:
+                gc.enable()
+
+
+def _loads(content: bytes) -> Any:
+    with _collector_paused():
+        return jsonlib.loads(content)
+
+
+def _loads_ours(content: bytes) -> Any:
+    """A listing with only our jobs' records, each cut to ``_KEPT``; the rest is freed before collection resumes."""
+    with _collector_paused():
+        answer = jsonlib.loads(content)
+        if isinstance(answer, dict) and isinstance(answer.get("jobs"), list):
+            answer["jobs"] = _slim(answer["jobs"])
+        return answer
+
+
+def _slim(records: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in _KEPT if k in r} for r in records
+            if isinstance(r, dict) and str(r.get("name", "")).startswith(JOB_PREFIX)]
 
 
 class TokenSource(Protocol):
@@ -113,7 +156,8 @@ class RestSlurm:
         return f"{self.url}/slurm/{self.parser}/{rest}"
 
     async def _request(self, method: str, url: str, *, what: str, json: Any = None,
-                       params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+                       params: Mapping[str, str] | None = None,
+                       loads: Callable[[bytes], Any] = _loads) -> tuple[int, dict[str, Any]]:
         """One request with the service token; a 401/403 once more with a fresh token. (status, body)."""
         for attempt in (1, 2):
             try:
@@ -141,7 +185,7 @@ class RestSlurm:
             return 304, {}
         try:
             if len(response.content) > LARGE_ANSWER:
-                body = await trio.to_thread.run_sync(jsonlib.loads, response.content)
+                body = await trio.to_thread.run_sync(loads, response.content)
             else:
                 body = response.json()
         except ValueError:
@@ -158,8 +202,9 @@ class RestSlurm:
     def _refused(self, what: str, status: int, body: Mapping[str, Any]) -> CommandFailed:
         return CommandFailed(what, status, shapes.errors_text(body) or f"slurmrestd answered HTTP {status}")
 
-    async def _get(self, rest: str, what: str, params: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        return await self._request("GET", self._path(rest), what=what, params=params)
+    async def _get(self, rest: str, what: str, params: Mapping[str, str] | None = None,
+                   loads: Callable[[bytes], Any] = _loads) -> tuple[int, dict[str, Any]]:
+        return await self._request("GET", self._path(rest), what=what, params=params, loads=loads)
 
     # ---------------------------------------------------------------- start-up
     async def openapi(self) -> dict[str, Any]:
@@ -222,9 +267,9 @@ class RestSlurm:
         # made or not: unknown (the caller looks the name up)
         raise AnswerLost(f"job/submit: HTTP {status} without a job id: {shapes.errors_text(answer)[:300]}")
 
-    async def _listing(self, since: int | None) -> tuple[int, dict[str, Any]]:
+    async def _listing(self, since: int | None, loads: Callable[[bytes], Any] = _loads) -> tuple[int, dict[str, Any]]:
         params = {"update_time": str(since)} if since is not None else None
-        status, answer = await self._get("jobs/", "jobs", params)
+        status, answer = await self._get("jobs/", "jobs", params, loads)
         if status not in (200, 304):
             raise ClusterUnavailable(f"jobs: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
         return status, answer
@@ -244,7 +289,7 @@ class RestSlurm:
         now = self.wall()
         full = (self._last_update is None or started - self._listed_at >= FULL_LISTING_EVERY
                 or shapes.version_key(self.parser) < INCREMENTAL_SINCE)
-        status, answer = await self._listing(None if full else self._last_update)
+        status, answer = await self._listing(None if full else self._last_update, _loads_ours)
         if not full and self._unchanged(status, answer):
             jobs, skipped = await trio.to_thread.run_sync(shapes.jobs_of, {"jobs": self._listed}, now)
             return Poll(started_at=started, jobs=jobs, complete=not skipped)
@@ -259,8 +304,7 @@ class RestSlurm:
     @staticmethod
     def _ours(answer: Mapping[str, Any], now: float) -> tuple[list[dict[str, Any]], dict[str, SlurmJob], int]:
         """A listing's records of our jobs (only the fields kept), and them as SlurmJobs (in a worker thread)."""
-        records = [{k: r[k] for k in _KEPT if k in r} for r in answer.get("jobs") or ()
-                   if isinstance(r, dict) and str(r.get("name", "")).startswith(JOB_PREFIX)]
+        records = _slim(answer.get("jobs") or ())
         jobs, skipped = shapes.jobs_of({"jobs": records}, now)
         return records, jobs, skipped
 

@@ -10,6 +10,7 @@ job up instead of submitting twice.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,20 @@ async def test_a_large_listing_is_read_off_the_trio_thread_and_kept_slim(monkeyp
     second = await rest.poll()
     assert set(first.jobs) == {"5", "6"} and second.jobs == first.jobs
     assert all(set(record) <= set(rest_module._KEPT) for record in rest._listed)  # noqa: SLF001
+    assert gc.isenabled()  # the collector paused for the parse only
+
+
+def test_parsing_pauses_the_collector_and_restores_it_even_when_nested_or_failing() -> None:
+    with rest_module._collector_paused():  # noqa: SLF001
+        assert not gc.isenabled()
+        assert rest_module._loads(b'{"a": 1}') == {"a": 1}  # noqa: SLF001 - nested: still paused after
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        rest_module._loads_ours(b"{not json")  # noqa: SLF001
+    assert gc.isenabled()
+    answer = rest_module._loads_ours(json.dumps(recorded("running-24.11-v0.0.42.json")).encode())  # noqa: SLF001
+    assert {r["job_id"] for r in answer["jobs"]} == {5, 6} and all(len(r) <= 8 for r in answer["jobs"])
 
 
 async def test_the_oldest_parsers_always_get_a_complete_listing() -> None:
