@@ -184,6 +184,30 @@ def test_parsing_pauses_the_collector_and_restores_it_even_when_nested_or_failin
     assert {r["job_id"] for r in answer["jobs"]} == {5, 6} and all(len(r) <= 8 for r in answer["jobs"])
 
 
+@pytest.mark.parametrize("indent", [None, 2, "\t"])
+@pytest.mark.parametrize("fixture", ["running-24.11-v0.0.42.json", "nochange-24.11-v0.0.42.json",
+                                     "jobs-24.11-v0.0.40.json"])
+def test_a_listing_read_job_by_job_is_the_listing_read_whole_and_cut(fixture: str, indent: object) -> None:
+    document = recorded(fixture)
+    document["jobs"] = [*document.get("jobs", []), {"name": "someone_else", "job_id": 9}]
+    content = json.dumps(document, indent=indent, ensure_ascii=False).encode()  # type: ignore[arg-type]
+    whole = json.loads(content)
+    whole["jobs"] = rest_module._slim(whole["jobs"])  # noqa: SLF001
+    assert rest_module._scan_listing(content.decode()) == whole  # noqa: SLF001
+    assert rest_module._loads_ours(content) == whole  # noqa: SLF001
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'{"jobs": [1,, 2]}', b'{"jobs": []} x', b'{"a" 1}'])
+def test_what_is_not_a_listing_is_read_whole_or_refused(content: bytes) -> None:
+    with pytest.raises(ValueError):
+        rest_module._scan_listing(content.decode())  # noqa: SLF001
+    try:
+        assert rest_module._loads_ours(content) == json.loads(content)  # noqa: SLF001
+    except ValueError:
+        pass  # not JSON at all: _request reads it as {}
+    assert gc.isenabled()
+
+
 async def test_the_oldest_parsers_always_get_a_complete_listing() -> None:
     asked: list[str | None] = []
 
