@@ -481,7 +481,9 @@ async def latency(ctx: Context, live: Live, active: list[JobRef]) -> dict:
             "endpoints": {}}
     try:
         tier["endpoints"] = await again(ctx, "latency", lambda: api_latency.endpoints(ctx, live, active, []))
-    except RuntimeError as exc:  # a 503 (stale snapshot) ends benchmark 1's windows: say so, go on
+    except Exception as exc:  # noqa: BLE001 - a 503 (stale snapshot) ends benchmark 1's windows: say so, go on
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
         tier["endpoints_failed"] = str(exc)[:300]
         print(f"   !! flat-out windows stopped: {tier['endpoints_failed']}", flush=True)
     tier["rss_kb"] = live.proc.status()
