@@ -469,8 +469,8 @@ def print_listings(rows: list[dict]) -> None:
            r["since_ms"], "yes" if r["since_unchanged"] else "NO", r["unchanged_after_1_to_10s"],
            r["last_update_moved_s"]] for r in rows],
          ["complete: GET jobs/ (every job slurmctld holds, median of 3, to the last byte); parse: json.loads of it; "
-          "to SlurmJobs: rest_shapes.jobs_of on our records (the daemon does both in a worker thread, off its trio "
-          "thread); "
+          "to SlurmJobs: rest_shapes.jobs_of on our records (the daemon reads its listing job by job in a worker "
+          "thread instead, adapters/slurm/rest.py _loads_ours); "
           "since: GET jobs/?update_time=<its last_update>"])
 
 
