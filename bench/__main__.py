@@ -5,7 +5,7 @@ bench`` brings it up), printing each table as it completes, then a summary
 against the targets, and writes everything to ``bench/results.json`` (or
 ``--out`` / ``$BENCH_OUT``). Names select a subset: freshness, api_latency,
 cluster_load, submit_throughput, interactive_load, baseline, footprint, proxy_throughput,
-marker_filter.
+marker_filter, rest (the daemon through slurmrestd; 24.11 and 26.05 clusters only).
 
 The order matters because the daemon adopts every job it finds in Slurm: the
 100-job measurements come first, then the submit benchmark brings the real
@@ -38,6 +38,7 @@ from bench import (
     marker_filter,
     proxy_throughput,
     recovery,
+    rest_load,
     submit_throughput,
 )
 from bench.cluster import ClusterMissing, cluster_env, machine
@@ -61,6 +62,8 @@ STAGES: list[Stage] = [
     ("footprint", "memory and CPU", False, footprint.run),
     ("api_latency", "API latency, 10,000 jobs", False, lambda ctx: api_latency.run_simulated(ctx, 10_000)),
     ("recovery", "recovery after a partition (simulated)", False, recovery.stage),
+    # its own daemon in REST mode and its own jobs (up to ~9,500), all cancelled at the end; skipped without slurmrestd
+    ("rest", "slurmrestd mode: submit rate, requests/min, latency at ~9,500 real jobs, poll cost", False, rest_load.run),
 ]
 NAMES = sorted({s[0] for s in STAGES} | {"proxy_throughput", "marker_filter"})
 
@@ -202,7 +205,40 @@ def summarize(results: dict) -> list[dict]:
             if s and not math.isnan(s["daemon_per_s"]):
                 add(f"daemon / reference way, submits/s, {label}", f"{s['daemon_per_s'] / s['reference_per_s']:.0f}x "
                     f"({s['daemon_per_s']:.0f}/s vs {s['reference_per_s']:.1f}/s)", "(ratio)", None)
+    rest = results.get("rest", {})
+    if rest.get("submit"):
+        sub = rest["submit"]
+        seq, par = sub["daemon_vs_raw_rest_sequential"], sub["daemon_vs_raw_rest_parallel"]
+        add("REST: /submit rate vs raw POST job/submit, same token", f"{seq:.0%} sequential, {par:.0%} with 8 clients",
+            ">= 80%", min(seq, par) >= 0.8)
+    if rest.get("load"):
+        load = rest["load"]
+
+        def asked(r: dict) -> str:
+            return "silent" if r["upstream"]["period_s"] is None else f"{r['upstream']['achieved_per_s']:.0f} calls/s"
+
+        values = [r["daemon_requests_per_min"] for r in load]
+        add("REST: requests to slurmrestd per minute", ", ".join(
+            f"{r['daemon_requests_per_min']:.0f} ({r['jobs']:,} jobs, {asked(r)})" for r in load),
+            "independent of jobs and call rate", max(values) - min(values) <= 60.0 / WINDOW_MIN + 0.1 * max(values))
+        for r in load:
+            if r["upstream"]["period_s"] is None:
+                add(f"REST: daemon CPU, upstream silent, {r['jobs']:,} jobs", f"{r['daemon_cpu_percent']:.1f} % "
+                    f"(mean poll {r['poll_mean_ms']:.0f} ms)", "(reported)", None)
+    paced = rest.get("latency", {}).get("open_loop")
+    if paced:
+        jobs = rest["latency"]["jobs"]
+        add(f"REST: POST /runstatus p99, {jobs:,} real jobs, {paced['demanded_per_s']:.0f}/s over a complete listing",
+            f"{paced['response_p99_ms']:.1f} ms ({paced['errors']} errors)", "p99 < 10 ms",
+            paced["response_p99_ms"] < 10 and not paced["errors"])
+        rss = rest["latency"].get("rss_kb", {})
+        if rss:
+            add(f"REST: RSS with {jobs:,} tracked jobs", f"{rss.get('VmRSS', 0) / 1024:.0f} MiB (peak "
+                f"{rss.get('VmHWM', 0) / 1024:.0f})", "< 150 MB", rss.get("VmRSS", 0) * 1.024 / 1000 < 150)
     return lines
+
+
+WINDOW_MIN = 12.0  # seconds of bench.rest_load's load rows: one request per window of slack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ job up instead of submitting twice.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from adapters import jobscript
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
+from adapters.slurm import rest as rest_module
 from adapters.slurm.rest import RestSlurm
 from adapters.tokens import TokenRefused
 from tests.support.upstream import submit_args
@@ -146,6 +148,64 @@ async def test_nothing_changed_reuses_the_last_complete_listing() -> None:
     second = await rest.poll()
     assert asked[0] is None and asked[1] == str(recorded("running-24.11-v0.0.42.json")["last_update"]["number"])
     assert second.complete and set(second.jobs) == set(first.jobs) == {"5", "6"}
+
+
+async def test_a_large_listing_is_read_off_the_trio_thread_and_kept_slim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A complete listing above LARGE_ANSWER is parsed in a worker thread; "nothing changed" answers from what was
+    kept of it (only the fields a SlurmJob is made of) give the same jobs as the listing itself."""
+    monkeypatch.setattr(rest_module, "LARGE_ANSWER", 0)
+    answers = [recorded("running-24.11-v0.0.42.json"), recorded("nochange-24.11-v0.0.42.json")]
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, json=answers[min(calls, 2) - 1])
+
+    rest = client(handler)
+    rest.wall = lambda: 1_800_000_000.0  # the same "now" for both polls: elapsed times compare equal
+    first = await rest.poll()
+    second = await rest.poll()
+    assert set(first.jobs) == {"5", "6"} and second.jobs == first.jobs
+    assert all(set(record) <= set(rest_module._KEPT) for record in rest._listed)  # noqa: SLF001
+    assert gc.isenabled()  # the collector paused for the parse only
+
+
+def test_parsing_pauses_the_collector_and_restores_it_even_when_nested_or_failing() -> None:
+    with rest_module._collector_paused():  # noqa: SLF001
+        assert not gc.isenabled()
+        assert rest_module._loads(b'{"a": 1}') == {"a": 1}  # noqa: SLF001 - nested: still paused after
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        rest_module._loads_ours(b"{not json")  # noqa: SLF001
+    assert gc.isenabled()
+    answer = rest_module._loads_ours(json.dumps(recorded("running-24.11-v0.0.42.json")).encode())  # noqa: SLF001
+    assert {r["job_id"] for r in answer["jobs"]} == {5, 6} and all(len(r) <= 8 for r in answer["jobs"])
+
+
+@pytest.mark.parametrize("indent", [None, 2, "\t"])
+@pytest.mark.parametrize("fixture", ["running-24.11-v0.0.42.json", "nochange-24.11-v0.0.42.json",
+                                     "jobs-24.11-v0.0.40.json"])
+def test_a_listing_read_job_by_job_is_the_listing_read_whole_and_cut(fixture: str, indent: object) -> None:
+    document = recorded(fixture)
+    document["jobs"] = [*document.get("jobs", []), {"name": "someone_else", "job_id": 9}]
+    content = json.dumps(document, indent=indent, ensure_ascii=False).encode()  # type: ignore[arg-type]
+    whole = json.loads(content)
+    whole["jobs"] = rest_module._slim(whole["jobs"])  # noqa: SLF001
+    assert rest_module._scan_listing(content.decode()) == whole  # noqa: SLF001
+    assert rest_module._loads_ours(content) == whole  # noqa: SLF001
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'{"jobs": [1,, 2]}', b'{"jobs": []} x', b'{"a" 1}'])
+def test_what_is_not_a_listing_is_read_whole_or_refused(content: bytes) -> None:
+    with pytest.raises(ValueError):
+        rest_module._scan_listing(content.decode())  # noqa: SLF001
+    try:
+        assert rest_module._loads_ours(content) == json.loads(content)  # noqa: SLF001
+    except ValueError:
+        pass  # not JSON at all: _request reads it as {}
+    assert gc.isenabled()
 
 
 async def test_the_oldest_parsers_always_get_a_complete_listing() -> None:
