@@ -104,7 +104,9 @@ class Downstream:
         return self.status.polls > 0
 
     def stale_after(self) -> float:
-        return self.staleness or max(3 * self.poll_interval, 10.0)
+        """How old the last successful poll may be: three intervals, at least 10 s, and at least three times
+        what the last poll took (slurmrestd lists 9,500 jobs in 5-10 s: a poll that slow is not an outage)."""
+        return self.staleness or max(3 * self.poll_interval, 10.0, 3 * self.status.last_duration)
 
     def healthy(self) -> bool:
         """Polling goes well: a successful poll within the staleness limit (or the poller began only lately).

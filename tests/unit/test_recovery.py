@@ -7,9 +7,11 @@ simulated Slurm, which counts commands; trio time autojumps.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from adapters.errors import ClusterUnavailable
 from daemon.service import RESOLVE_BATCH
 from statemachines.job import JobState
 from tests.support.daemon_world import World
@@ -58,4 +60,25 @@ async def test_the_poller_is_unhealthy_once_no_poll_succeeded_for_the_staleness_
         assert world.downstream.healthy()
         world.downstream.stand_by()
         assert world.downstream.healthy()  # standing by: judged again from its next term
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_poll_is_not_an_outage(autojump_clock: trio.testing.MockClock) -> None:
+    """slurmrestd lists 9,500 jobs in 5-10 s (bench rest): the answers stay fresh while polls take that long,
+    instead of a 503 after each 10 s; a poller that stops for good is still found stale."""
+    from adapters.slurm.twin import SimulatedSlurm
+
+    world = World(twin=SimulatedSlurm(min_job_age=10, latency=8), poll_interval=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        while not world.downstream.ready:
+            await trio.sleep(0.5)
+        for _ in range(40):  # 20 s: polls of 8 s each, one after the other
+            world.downstream.require_fresh()
+            await trio.sleep(0.5)
+        assert world.downstream.stale_after() >= 24
+        world.twin.link_up = False
+        await trio.sleep(30)
+        with pytest.raises(ClusterUnavailable):
+            world.downstream.require_fresh()
         nursery.cancel_scope.cancel()
