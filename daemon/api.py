@@ -169,6 +169,9 @@ def create_app(downstream: Downstream, server_key: str | None) -> QuartTrio:
     async def ready() -> Response:
         if not downstream.ready:  # no error text: /ready is not authenticated (admins read it on /admin)
             return _json({"status": "NOT READY", "version": VERSION}, 503)
+        if not downstream.slurm.available:  # slurmrestd without SSH: serving, with less (configuration, not an error)
+            return _json({"status": "OK", "version": VERSION,
+                          "limited": "no SSH to the login node: job output is not available, interactive jobs are refused"})
         return _json({"status": "OK", "version": VERSION})
 
     @app.get("/gc")

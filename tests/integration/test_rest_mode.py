@@ -45,7 +45,8 @@ async def test_without_ssh_batch_jobs_run_and_what_cannot_be_shown_says_why(nurs
                                                                  await daemon.upstream.call("/queued"))
 
         async with httpx.AsyncClient(base_url=daemon.url) as anonymous:
-            assert (await anonymous.get("/ready")).status_code == 200
+            ready = await anonymous.get("/ready")
+            assert ready.status_code == 200 and "no SSH" in ready.json()["limited"]
         admin = (await daemon.upstream.client.get("/admin/state")).json()
         assert admin["ssh"]["target"] == "not configured"
         ssh_check = next(c for c in admin["preflight"] if c["name"] == "ssh")

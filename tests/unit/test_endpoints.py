@@ -62,3 +62,13 @@ async def test_ready_tells_unauthenticated_callers_nothing_of_the_error(autojump
         assert ready.status_code == 503
         assert "login node" not in await ready.get_data(as_text=True)
         nursery.cancel_scope.cancel()
+
+
+async def test_ready_says_what_a_deployment_without_ssh_cannot_do(world: World,
+                                                                 autojump_clock: trio.testing.MockClock) -> None:
+    client = create_app(world.downstream, KEY).test_client()
+    await world.poll()
+    assert "limited" not in await (await client.get("/ready")).get_json()
+    world.twin.available = False  # slurmrestd without SSH: no files, no tunnels
+    ready = await client.get("/ready")
+    assert ready.status_code == 200 and "interactive jobs are refused" in (await ready.get_json())["limited"]
