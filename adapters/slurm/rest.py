@@ -65,7 +65,7 @@ _TOKEN_REFUSED = {401, 403, 511}
 # poll's listing is read one job at a time (``_loads_ours``): measured on a 106 MB listing, the longest the GIL
 # was held fell from 961 ms to 59 ms (the UTF-8 decode), and only our jobs' kept fields are ever alive together.
 LARGE_ANSWER = 256 * 1024
-_KEPT = ("job_id", "name", "job_state", "state_reason", "nodes", "comment", "start_time", "end_time")
+_KEPT = ("job_id", "name", "job_state", "state_reason", "nodes", "comment", "start_time", "end_time", "user_name")
 
 _paused_lock = threading.Lock()
 _paused = 0  # worker threads parsing with the collector paused

@@ -187,7 +187,8 @@ async def test_a_token_that_expires_while_the_token_endpoint_is_down(nursery: tr
 async def test_a_users_token_slurm_would_refuse_submits_nothing(daemon: Daemon, kind: str, token_args: dict,
                                                                  why: str) -> None:
     cluster = current()
-    bearer = cluster.oidc("token", username="jarvice", lifetime=token_args.pop("lifetime", 600), **token_args)
+    minted = {"lifetime": 600, **token_args}  # a copy: the parameter is shared by every version's run
+    bearer = cluster.oidc("token", username="jarvice", **minted)
     name = unique_name(f"tok-{kind}")
     answer = await daemon.upstream.client.post(
         "/submit", data={"args": json.dumps({**submit_args(name, 71, "true"), "bearer": bearer["access_token"]})})

@@ -21,6 +21,7 @@ import pytest
 from adapters import jobscript
 from adapters.errors import AnswerLost, ClusterUnavailable, CommandFailed, SlurmUnreachable
 from adapters.slurm import rest as rest_module
+from adapters.slurm import rest_shapes as shapes
 from adapters.slurm.rest import RestSlurm
 from adapters.tokens import TokenRefused
 from tests.support.upstream import submit_args
@@ -181,7 +182,7 @@ def test_parsing_pauses_the_collector_and_restores_it_even_when_nested_or_failin
         rest_module._loads_ours(b"{not json")  # noqa: SLF001
     assert gc.isenabled()
     answer = rest_module._loads_ours(json.dumps(recorded("running-24.11-v0.0.42.json")).encode())  # noqa: SLF001
-    assert {r["job_id"] for r in answer["jobs"]} == {5, 6} and all(len(r) <= 8 for r in answer["jobs"])
+    assert {r["job_id"] for r in answer["jobs"]} == {5, 6} and all(len(r) <= len(rest_module._KEPT) for r in answer["jobs"])  # noqa: SLF001
 
 
 @pytest.mark.parametrize("indent", [None, 2, "\t"])
@@ -276,3 +277,14 @@ async def test_slurmdbd_not_answering_is_unavailable_not_nothing_known() -> None
     rest.accounting = "slurmdbd"
     with pytest.raises(ClusterUnavailable, match="Unable to connect to database"):
         await rest.inspect("12")
+
+
+@pytest.mark.parametrize("fixture", ["running-24.11-v0.0.42.json", "running-26.05-v0.0.45.json",
+                                     "held-24.11-v0.0.42.json", "jobs-24.11-v0.0.40.json"])
+def test_the_fields_kept_of_a_listing_are_all_a_job_is_read_from(fixture: str) -> None:
+    """The poll keeps a few fields per job: the jobs read from them are the jobs read from whole records
+    (the Slurm user included: adoption takes it from there)."""
+    whole = recorded(fixture)
+    cut = rest_module._loads_ours(json.dumps(whole).encode())  # noqa: SLF001
+    assert shapes.jobs_of(cut, now=1e10) == shapes.jobs_of(whole, now=1e10)
+    assert all(job.user for job in shapes.jobs_of(cut, now=1e10)[0].values())
