@@ -47,12 +47,12 @@ exec bash -c "$cmd"
 """
 
 
-class ControllerWatch:
-    """Whether slurmctld answered during the run: a ``scontrol ping`` on the login node every half second.
+class OutageWatch:
+    """Whether a service of the shared test cluster answered during the run: ``up()`` every half second.
 
-    The test cluster is shared: another suite's fault tests may stop slurmctld
-    for a while. A measurement that overlaps such an outage is not a figure of
-    the daemon; the benchmarks measure it again (``Context.undisturbed``).
+    The test cluster is shared: another suite's fault tests may stop slurmctld (or slurmrestd)
+    for a while. A measurement that overlaps such an outage is not a figure of the daemon;
+    the benchmarks measure it again (``Context.undisturbed``, ``rest_load.again``).
     """
 
     PERIOD = 0.5
@@ -62,14 +62,15 @@ class ControllerWatch:
         self.outages: list[tuple[float, float]] = []  # perf_counter intervals
         self.down_since: float | None = None
 
+    async def up(self) -> bool:
+        raise NotImplementedError
+
     async def run(self) -> None:
         while True:
             t0 = time.perf_counter()
             up = False
             with trio.move_on_after(self.TIMEOUT):
-                result = await trio.run_process(on_login("scontrol", "ping"), env=local_env(), capture_stdout=True,
-                                                capture_stderr=True, check=False)
-                up = b"is UP" in result.stdout
+                up = await self.up()
             if not up and self.down_since is None:
                 self.down_since = t0
             elif up and self.down_since is not None:
@@ -78,16 +79,25 @@ class ControllerWatch:
             await trio.sleep(self.PERIOD)
 
     def disturbed(self, start: float, end: float) -> bool:
-        """Was slurmctld down at any moment of [start, end] (one ping period of margin)?"""
+        """Was the service down at any moment of [start, end] (one period of margin)?"""
         if self.down_since is not None and self.down_since <= end + self.PERIOD:
             return True
         return any(a <= end + self.PERIOD and b >= start - self.PERIOD for a, b in self.outages)
 
     async def wait_up(self, settle: float = 5.0) -> None:
-        """Until slurmctld answers again, then ``settle`` seconds more for the daemons' next polls."""
+        """Until the service answers again, then ``settle`` seconds more for the daemons' next polls."""
         while self.down_since is not None:
             await trio.sleep(self.PERIOD)
         await trio.sleep(settle)
+
+
+class ControllerWatch(OutageWatch):
+    """slurmctld: a ``scontrol ping`` on the login node."""
+
+    async def up(self) -> bool:
+        result = await trio.run_process(on_login("scontrol", "ping"), env=local_env(), capture_stdout=True,
+                                        capture_stderr=True, check=False)
+        return b"is UP" in result.stdout
 
 
 class ClusterMissing(RuntimeError):

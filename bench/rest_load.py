@@ -44,7 +44,7 @@ from adapters import jobscript
 from adapters.slurm import rest_shapes
 from adapters.slurm.parsers import JOB_PREFIX
 from bench import api_latency, upstream_load
-from bench.cluster import STATE, cancel_run, cluster_env, slurm
+from bench.cluster import STATE, OutageWatch, cancel_run, cluster_env, slurm
 from bench.cluster_load import upstream_calls
 from bench.context import CONCURRENCY, Context, JobRef, Live
 from bench.daemon_proc import job_name
@@ -75,47 +75,24 @@ def loadavg() -> float:
 
 
 # ------------------------------------------------------------------ slurmrestd's outages
-class RestdWatch:
-    """Whether slurmrestd accepted connections during the run (a TCP connect every half second).
+class RestdWatch(OutageWatch):
+    """slurmrestd: a TCP connect. Another suite's fault tests kill and restart it; a measurement that
+    overlaps such an outage (or a slurmctld one) is taken again (``again``)."""
 
-    The test cluster is shared: another suite's fault tests kill and restart slurmrestd. A
-    measurement that overlaps such an outage (or a slurmctld one) is taken again (``again``)."""
-
-    PERIOD = 0.5
+    TIMEOUT = 1.0
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         parsed = httpx.URL(url)
         self.host, self.port = parsed.host, parsed.port or 80
-        self.outages: list[tuple[float, float]] = []
-        self.down_since: float | None = None
 
-    async def run(self) -> None:
-        while True:
-            t0 = time.perf_counter()
-            up = False
-            with trio.move_on_after(1.0):
-                try:
-                    stream = await trio.open_tcp_stream(self.host, self.port)
-                    await stream.aclose()
-                    up = True
-                except OSError:
-                    pass
-            if not up and self.down_since is None:
-                self.down_since = t0
-            elif up and self.down_since is not None:
-                self.outages.append((self.down_since, time.perf_counter()))
-                self.down_since = None
-            await trio.sleep(self.PERIOD)
-
-    def disturbed(self, start: float, end: float) -> bool:
-        if self.down_since is not None and self.down_since <= end + self.PERIOD:
-            return True
-        return any(a <= end + self.PERIOD and b >= start - self.PERIOD for a, b in self.outages)
-
-    async def wait_up(self, settle: float = 5.0) -> None:
-        while self.down_since is not None:
-            await trio.sleep(self.PERIOD)
-        await trio.sleep(settle)
+    async def up(self) -> bool:
+        try:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
 
 
 WATCH: RestdWatch | None = None
