@@ -37,7 +37,7 @@ from daemon.server import open_ssh, ssh_target
 from tests.integration.conftest import cluster_env, settings, slurm, state
 from tests.support import webjob
 from tests.support.cluster import current
-from tests.support.processes import CLI
+from tests.support.processes import CLI, alive
 
 MiB = 2**20
 
@@ -520,14 +520,6 @@ def test_the_proxy_command_logs_in_the_daemons_format() -> None:
 
 
 # ------------------------------------------------------------------ local mode: a process per job (ChildProxies)
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 async def test_proxy_processes_are_re_aimed_on_the_same_port_and_all_stop_with_the_daemon(start_job) -> None:
     """The daemon's local mode: a moved job (requeued onto another node) gets its proxy process restarted with
     the new target on the same port, so its URL does not change; a stopped proxy's process and port go; the
