@@ -28,8 +28,8 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
     except DownstreamError as exc:
         return [Check("slurmrestd", "error", f"no service token: {exc}",
                       "check JARVICE_KEYCLOAK_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET or JARVICE_SLURM_SA_TOKEN")]
-    try:
-        parser = await control.choose_parser()
+    try:  # chosen already by the daemon's own preflight, unless that failed
+        parser = control.parser if control.offered else await control.choose_parser()
     except DownstreamError as exc:
         hint = ("set JARVICE_SLURM_DATA_PARSER_VERSION=auto, or to one the server offers"
                 if control.offered else "check JARVICE_SLURMRESTD_URL, that slurmrestd runs there and accepts the token")
@@ -38,7 +38,6 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
     checks.append(Check("data parser", "ok", f"{parser} (offered: {offered}; asked: {rest.parser})"))
     try:
         await control.ping()
-        users = await control.visible_users()
     except DownstreamError as exc:
         checks.append(Check("slurmrestd", "error", f"{rest.url}: {exc}",
                             "check that slurmctld accepts the token (AuthAltTypes=auth/jwt, AuthAltParameters=jwks=...) "
@@ -46,30 +45,7 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
         return checks
     checks.insert(0, Check("slurmrestd", "ok", f"{rest.url}: slurmctld answers and accepts the token from "
                                                f"{rest.token_source}"))
-    others = sorted(u for u in users if u != control.service_user)
-    try:
-        coordinates = await control.coordinated_accounts()
-    except DownstreamError as exc:
-        coordinates = None
-        checks.append(Check("coordinator", "warning", f"could not ask slurmdbd through slurmrestd: {exc}"))
-    add = (f"sacctmgr add coordinator account=<the JARVICE users' accounts> names={control.service_user or '<service user>'}")
-    if coordinates == []:
-        checks.append(Check(
-            "job visibility", "warning",
-            f"the service user {control.service_user} coordinates no account: with PrivateData=jobs it sees only its "
-            f"own jobs, and a JARVICE user's job would look gone (it is kept, not ended)",
-            f"make it a coordinator of the accounts JARVICE users submit under: {add}"))
-    elif coordinates:
-        checks.append(Check("job visibility", "ok", f"the service user {control.service_user} coordinates "
-                                                    f"{', '.join(coordinates)}; it sees jobs of {len(others)} other user(s)"))
-    elif others:
-        checks.append(Check("job visibility", "ok", f"the service user sees jobs of {len(others)} other user(s)"))
-    else:
-        checks.append(Check(
-            "job visibility", "warning",
-            f"the service user ({control.service_user or 'unknown'}) sees no other user's job: none runs, or "
-            "PrivateData=jobs hides them",
-            f"with PrivateData=jobs, make it a coordinator of the JARVICE users' accounts: {add}"))
+    checks.append(await _visibility(control))
     if control.accounting == "controller":
         checks.append(Check("accounting", "warning", "slurmrestd serves no accounting (openapi/slurmdbd): exit codes "
                                                      "of finished jobs from slurmctld until MinJobAge, then from the "
@@ -83,3 +59,28 @@ async def rest_checks(control: RestSlurm, settings: Settings) -> list[Check]:
                                               "interactive jobs are refused",
                             "set JARVICE_SLURM_CLUSTER_ADDR and JARVICE_SLURM_SSH_PKEY to reach the login node"))
     return checks
+
+
+async def _visibility(control: RestSlurm) -> Check:
+    """Whether the service user sees JARVICE users' jobs: its coordinator roles when slurmrestd serves
+    accounting, else (a complete listing, costly on a big cluster) whose jobs it sees."""
+    user = control.service_user or "<service user>"
+    add = f"sacctmgr add coordinator account=<the JARVICE users' accounts> names={user}"
+    try:
+        coordinates = await control.coordinated_accounts()
+        if coordinates is None:
+            others = sorted(u for u in await control.visible_users() if u != control.service_user)
+    except DownstreamError as exc:
+        return Check("job visibility", "warning", f"could not be checked through slurmrestd: {exc}")
+    if coordinates:
+        return Check("job visibility", "ok", f"the service user {user} coordinates {', '.join(coordinates)}")
+    if coordinates == []:
+        return Check("job visibility", "warning",
+                     f"the service user {user} coordinates no account: with PrivateData=jobs it sees only its own "
+                     "jobs, and a JARVICE user's job would look gone (it is kept, not ended)",
+                     f"make it a coordinator of the accounts JARVICE users submit under: {add}")
+    if others:
+        return Check("job visibility", "ok", f"the service user sees jobs of {len(others)} other user(s)")
+    return Check("job visibility", "warning",
+                 f"the service user ({user}) sees no other user's job: none runs, or PrivateData=jobs hides them",
+                 f"with PrivateData=jobs, make it a coordinator of the JARVICE users' accounts: {add}")
