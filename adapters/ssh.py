@@ -48,6 +48,12 @@ class TargetUnreachable(DownstreamError):
     """The login node is reachable but could not connect to the requested host:port (nothing listens yet, or gone)."""
 
 
+class ForwardingProhibited(TargetUnreachable):
+    """sshd refused to forward there at all (``administratively prohibited``: ``restrict`` without
+    ``port-forwarding``, a ``permitopen`` that does not name the host, ``AllowTcpForwarding no``): waiting
+    will not fix it, unlike a port nothing listens on yet."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_status: int | None  # None when the remote command died by a signal
@@ -173,8 +179,9 @@ class SSHClient:
         if self.tunnels_open >= self._max_tunnels:
             raise ClusterUnavailable(f"{self.tunnels_open} tunnels already open through {self.target.address} (the limit)")
 
-        def refused(reason: str) -> DownstreamError:
-            return TargetUnreachable(f"{host}:{port} is not reachable from {self.target.address}: {reason}")
+        def refused(exc: asyncssh.ChannelOpenError) -> DownstreamError:
+            kind = ForwardingProhibited if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED else TargetUnreachable
+            return kind(f"{host}:{port} is not reachable from {self.target.address}: {exc.reason}")
 
         tunnel = Tunnel(f"{host}:{port} via SSH {self.target.address}", self._tunnel_closed)
         self.tunnels_open += 1  # counted before the await so concurrent opens respect the budget
@@ -190,8 +197,8 @@ class SSHClient:
     def _tunnel_closed(self) -> None:
         self.tunnels_open -= 1
 
-    def _session_refused(self, reason: str) -> DownstreamError:
-        return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {reason}")
+    def _session_refused(self, exc: asyncssh.ChannelOpenError) -> DownstreamError:
+        return ClusterUnavailable(f"SSH server {self.target.address} refused a session: {exc.reason}")
 
     async def open_shell(self, *, timeout: float | None = None) -> RemoteShell:
         """A ``sh`` on the login node that stays open on one session channel (see RemoteShell).
@@ -209,7 +216,7 @@ class SSHClient:
         return RemoteShell(self, proc, self.connects)
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, deadline: float, what: str,
-                    refused: Callable[[str], DownstreamError]) -> T:
+                    refused: Callable[[asyncssh.ChannelOpenError], DownstreamError]) -> T:
         """Await ``fn(*args)`` on the live connection (connecting if needed) and map failures.
 
         A channel the server refuses leaves the connection up (other channels, tunnels
@@ -228,7 +235,7 @@ class SSHClient:
         except trio.TooSlowError:
             raise ClusterUnavailable(f"{what} timed out after {deadline:g}s on {self.target.address}") from None
         except asyncssh.ChannelOpenError as exc:
-            raise refused(exc.reason) from None
+            raise refused(exc) from None
         except (OSError, asyncssh.Error) as exc:
             self._mark_broken(exc)
             raise ClusterUnavailable(f"SSH to {self.target.address} failed: {_describe(exc)}") from None

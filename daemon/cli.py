@@ -56,6 +56,7 @@ def _first(group: BaseExceptionGroup) -> BaseException:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from daemon.preflight import exit_code, format_checks, run_preflight
+    from daemon.preflight_proxy import proxy_key_checks
     from daemon.report import init_report
     from daemon.server import describe_key, open_ssh
 
@@ -72,7 +73,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     async def check() -> list:
         async with open_ssh(settings) as ssh:
-            return await run_preflight(ssh, settings)
+            return await run_preflight(ssh, settings) + await proxy_key_checks(ssh, settings)
 
     checks = trio.run(check)
     for line in format_checks(checks):

@@ -32,6 +32,7 @@ from daemon.api import VERSION, create_app
 from daemon.heap import freeze_heap
 from daemon.metrics import Metrics, instrument
 from daemon.preflight import Check, log_checks, run_preflight
+from daemon.preflight_proxy import proxy_key_checks
 from daemon.preflight_rest import SSH_SLURM_CHECKS, rest_checks
 from daemon.process import describe_key, stop_on_signal
 from daemon.report import init_report
@@ -274,16 +275,20 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
 
 async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settings: Settings) -> list[Check]:
     """SSH mode: the probe that connectivity_test's SlurmClient.preflight ran, judged (the cluster is asked
-    once). slurmrestd mode: the REST side's checks, and the SSH probe's about the login node when SSH is there."""
+    once). slurmrestd mode: the REST side's checks, and the SSH probe's about the login node when SSH is there.
+    Kubernetes proxies: what their key may do on the login node."""
     facts = downstream.cluster.probe if downstream.cluster else None
     if settings.rest is None:
         assert ssh is not None
-        return await run_preflight(ssh, settings, facts=facts)
-    slurm = downstream.slurm
-    assert isinstance(slurm, SlurmCluster) and isinstance(slurm.control, RestSlurm)
-    checks = await rest_checks(slurm.control, settings)
-    if ssh is not None:
-        checks += [c for c in await run_preflight(ssh, settings) if c.name not in SSH_SLURM_CHECKS]
+        checks = await run_preflight(ssh, settings, facts=facts)
+    else:
+        slurm = downstream.slurm
+        assert isinstance(slurm, SlurmCluster) and isinstance(slurm.control, RestSlurm)
+        checks = await rest_checks(slurm.control, settings)
+        if ssh is not None:
+            checks += [c for c in await run_preflight(ssh, settings) if c.name not in SSH_SLURM_CHECKS]
+    if ssh is not None:  # interactive jobs need SSH: without it there are no proxies, nor their key
+        checks += await proxy_key_checks(ssh, settings)
     return checks
 
 

@@ -73,6 +73,7 @@ SERVICES = Kind("CoreV1Api", "service", "services")
 INGRESSES = Kind("NetworkingV1Api", "ingress", "ingresses")
 PODS = Kind("CoreV1Api", "pod", "pods")
 LEASES = Kind("CoordinationV1Api", "lease", "leases")
+SECRETS = Kind("CoreV1Api", "secret", "secrets")
 
 _TRANSIENT = {0, 408, 429, 500, 502, 503, 504}
 

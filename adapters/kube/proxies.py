@@ -19,6 +19,8 @@ never returns another daemon's proxies.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -33,6 +35,7 @@ from adapters.kube.client import (
     DEPLOYMENTS,
     INGRESSES,
     PODS,
+    SECRETS,
     SERVICES,
     KubeApiError,
     KubeClient,
@@ -42,7 +45,7 @@ from adapters.kube.client import (
 )
 from adapters.kube.domain import JobsDomain
 from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
-from config.settings import ConfigError, Settings
+from config.settings import ConfigError, Settings, decode_private_key
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,24 @@ def spec_from_settings(
         tolerations=tuple(tolerations),
         image_pull_secrets=image_pull_secrets,
     )
+
+
+async def read_proxy_key(kube: KubeClient, namespace: str, secret: str) -> str:
+    """The proxy pods' private key (PEM) as the kubelet hands it to them: the Secret's ``pkey``.
+
+    Read only to check, at start, what the key may do on the login node (preflight); the
+    pods themselves get it through ``secretKeyRef``. Raises the client's errors (KubeNotFound:
+    no such Secret) and ValueError when the Secret holds no usable key.
+    """
+    body = await kube.get(SECRETS, namespace, secret)
+    raw = (body.get("data") or {}).get("pkey")
+    if raw is None:
+        raise ValueError(f"Secret {namespace}/{secret} has no key \"pkey\" (the proxy pods' container cannot start)")
+    try:
+        text = base64.b64decode(raw, validate=True).decode("utf-8")
+        return decode_private_key(text, f"Secret {namespace}/{secret} key pkey")
+    except (binascii.Error, UnicodeDecodeError, ConfigError) as exc:
+        raise ValueError(f"Secret {namespace}/{secret} key pkey is not a private key: {exc}") from None
 
 
 def _waiting_problem(pod: Mapping[str, Any]) -> tuple[str, str, bool]:

@@ -181,6 +181,16 @@ def parse_node_address(output: str) -> str | None:
     return match[1] if match else None
 
 
+def parse_node_addresses(output: str) -> dict[str, str]:
+    """NodeName -> NodeAddr of every node in ``scontrol -o show nodes`` (one node per line)."""
+    found = {}
+    for line in output.splitlines():
+        name, addr = re.search(r"\bNodeName=(\S+)", line), re.search(r"\bNodeAddr=(\S+)", line)
+        if name and addr:
+            found[name[1]] = addr[1]
+    return found
+
+
 def parse_exit_code(text: str) -> int | None:
     """sacct's ``ExitCode`` is ``code:signal``."""
     head = text.strip().split(":", 1)[0]

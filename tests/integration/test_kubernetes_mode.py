@@ -35,7 +35,8 @@ import trio
 from adapters.kube import proxy_objects
 from adapters.kube.proxies import spec_from_settings
 from config.settings import Settings
-from tests.integration.conftest import Daemon, cluster_env, settings, slurm, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name
+from tests.support.cluster import current
 from tests.support.kube_api import KubeAPIStandIn
 from tests.support.processes import free_port, port_open
 from tests.support.upstream import submit_args
@@ -66,9 +67,10 @@ def kube_settings(api: KubeAPIStandIn, jobs_domain: str) -> Settings:
 def api() -> Iterator[KubeAPIStandIn]:
     with KubeAPIStandIn() as stand_in:
         # what the operator creates once (kubectl create secret generic ... --from-file=pkey=...): the proxy pods'
-        # SSH key, base64 of the PEM, the form JARVICE_SLURM_SSH_PKEY has in daemon.env
+        # own SSH key, restricted on the login node as the README says (forwarding to the nodes only, any
+        # session answered by /bin/false): the proxy must carry users' traffic with nothing more
         stand_in.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SSH_SECRET, "namespace": NS},
-                      "type": "Opaque", "data": {"pkey": cluster_env()["JARVICE_SLURM_SSH_PKEY"]}})
+                      "type": "Opaque", "stringData": {"pkey": current().proxy_key("proxy")}})
         yield stand_in
 
 
@@ -177,6 +179,9 @@ async def test_an_interactive_job_gets_a_proxy_pod_and_its_url_once_the_pod_is_r
     kube_daemon: Daemon, api: KubeAPIStandIn, tmp_path: Path, jobs_domain: str, host: str, path: str, url: str
 ) -> None:
     daemon = kube_daemon
+    # the daemon checked the proxy pods' key at start (its Secret, tried on the login node): fit for the job
+    preflight = {c["name"]: c["level"] for c in (await daemon.upstream.client.get("/admin/state")).json()["preflight"]}
+    assert (preflight["proxy key"], preflight["proxy forwarding"]) == ("ok", "ok"), preflight
     ids, port = await submit_web_job(daemon)
     number, name = ids["number"], f"jarvice-job-proxy-{ids['number']}"
     pod: ProxyPod | None = None

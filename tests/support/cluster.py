@@ -38,7 +38,7 @@ REST_MODULES = {"test_slurm_contract", "test_batch_jobs"}
 REST_ONLY = {"test_rest_mode", "test_slurmrestd_auth", "test_cluster_identities", "test_user_identities"}
 # test modules that run on every version in SLURM_VERSIONS (the others run once)
 EVERY_VERSION = {"test_slurm_contract", "test_batch_jobs", "test_jarvice_scripts", "test_interactive", "test_faults",
-                 "test_preflight", "test_topology"}
+                 "test_preflight", "test_topology", "test_proxy_key"}
 
 
 def read_exports(env_file: Path) -> dict[str, str]:
@@ -180,6 +180,13 @@ class Cluster:
     def jobs_dir(self) -> Path:
         """``<scratch>/.jarvice``: the jobs' shared dir, owner the service user, group user_group, mode 3770."""
         return Path(self._ids_env("TESTCLUSTER_JOBS_DIR"))
+
+    def proxy_key(self, kind: str = "proxy") -> str:
+        """A Kubernetes proxy pod's private key (PEM), restricted in the service user's authorized_keys as a site
+        would: ``proxy`` (forwarding to the nodes only, sessions answered by /bin/false), ``proxy_shell``
+        (``restrict,port-forwarding``: runs commands), ``proxy_no_forwarding`` (no forwarding at all)."""
+        keys = dict(e.split(":", 1) for e in read_exports(self.state / "env.sh")["TESTCLUSTER_PROXY_KEYS"].split())
+        return Path(keys[kind]).read_text()
 
     def user_token(self, user: str, lifetime: int = 600, **kw: object) -> str:
         """A token the OIDC stand-in signs for ``user`` (``preferred_username``), as JARVICE's identity provider would."""

@@ -229,6 +229,10 @@ class KubeAPIStandIn:
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
             raise ApiError(422, "Invalid", f"{kind}.{where}: {exc.message}") from None
+        if plural == "secrets" and "stringData" in body:  # write-only: the API server stores it base64'd in data
+            data = body.setdefault("data", {})
+            for key, value in body.pop("stringData").items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
         if plural == "leases":
             for field in ("acquireTime", "renewTime"):
                 value = (body.get("spec") or {}).get(field)

@@ -20,7 +20,7 @@ import yaml
 
 from adapters.kube.client import KubeClient
 from adapters.kube.lease import LeaderElector
-from adapters.kube.proxies import KubernetesProxies
+from adapters.kube.proxies import KubernetesProxies, read_proxy_key
 from adapters.proxy.base import ProxyTarget
 from config.settings import load
 from tests.support.kube_api import KubeAPIStandIn
@@ -136,10 +136,11 @@ def test_probes_non_root_and_disruption_budget() -> None:
     assert service["spec"]["ports"][0]["targetPort"] in port_names
 
 
-def _verbs_the_adapter_uses(env: dict[str, str]) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) of every call a daemon's proxies and leader election make, recorded by the stand-in."""
+def _verbs_the_adapter_uses(env: dict[str, str]) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, name) of every call a daemon's proxies, its preflight of their key and leader
+    election make, recorded by the stand-in; the name only for Secrets (a Role names the one it may read)."""
     groups = {"deployments": "apps", "services": "", "pods": "", "ingresses": "networking.k8s.io",
-              "leases": "coordination.k8s.io"}
+              "leases": "coordination.k8s.io", "secrets": ""}
 
     async def exercise(api: KubeAPIStandIn) -> None:
         import asyncssh
@@ -149,6 +150,7 @@ def _verbs_the_adapter_uses(env: dict[str, str]) -> set[tuple[str, str, str]]:
                          "JARVICE_SLURM_SSH_PKEY": asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()})
         kube = await KubeClient.open(api.url, timeout=5)
         try:
+            await read_proxy_key(kube, settings.proxy.namespace, settings.proxy.ssh_secret)  # preflight
             proxies = KubernetesProxies.from_settings(kube, settings)
             await proxies.start(ProxyTarget("7", "node1", 5902))
             await proxies.start(ProxyTarget("7", "node2", 5902))  # exists: read it, re-aim it
@@ -162,7 +164,13 @@ def _verbs_the_adapter_uses(env: dict[str, str]) -> set[tuple[str, str, str]]:
         finally:
             kube.close()
 
+    import asyncssh
+
     with KubeAPIStandIn() as api:
+        proxy_key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+        api.put({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                 "metadata": {"name": env["JARVICE_SLURM_PROXY_SSH_SECRET"], "namespace": env["JARVICE_JOBS_NAMESPACE"]},
+                 "stringData": {"pkey": proxy_key}})
         trio.run(exercise, api)
         verbs = {"POST": "create", "PUT": "update", "DELETE": "delete"}
         used = set()
@@ -170,18 +178,19 @@ def _verbs_the_adapter_uses(env: dict[str, str]) -> set[tuple[str, str, str]]:
             namespace, resource, *name = r.path.split("/namespaces/", 1)[1].split("/")
             assert namespace == env["JARVICE_JOBS_NAMESPACE"], r.path
             verb = ("get" if name else "list") if r.method == "GET" else verbs[r.method]
-            used.add((groups[resource], resource, verb))
+            used.add((groups[resource], resource, verb, name[0] if resource == "secrets" else ""))
         return used
 
 
 def test_the_role_grants_exactly_what_the_adapter_uses_in_the_jobs_namespace() -> None:
-    """Least privilege that still works: every call the proxies and the Lease make is allowed, nothing more,
-    and only in JARVICE_JOBS_NAMESPACE, for the daemon's own ServiceAccount."""
+    """Least privilege that still works: every call the proxies, the preflight of their key and the Lease make is
+    allowed, nothing more (of Secrets, only the proxy pods' one), and only in JARVICE_JOBS_NAMESPACE, for the
+    daemon's own ServiceAccount."""
     env = {name: e["value"] for name, e in ENV.items() if "value" in e}
     used = _verbs_the_adapter_uses(env)
     role = one("Role")
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = {(group, resource, verb, name) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"] for name in rule.get("resourceNames", [""])}
     assert used <= granted, f"the Role lacks {sorted(used - granted)}"
     assert granted <= used, f"the Role grants unused {sorted(granted - used)}"
     assert role["metadata"]["namespace"] == env["JARVICE_JOBS_NAMESPACE"]

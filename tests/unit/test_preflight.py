@@ -291,3 +291,33 @@ def test_without_sbatch_the_range_is_judged_on_slurmctlds_version(conf: Settings
     assert checks["tested range"].detail == "slurm 22.05 is tested (22.05, 24.11, 26.05)"  # SLURM_VERSION = 22.05.8
     no_version = with_step("version", 127, "sh: 1: sbatch: not found").replace("SLURM_VERSION           = 22.05.8\n", "")
     assert "tested range" not in judge(no_version, conf)
+
+
+# ------------------------------------------------------------------ the proxy pods' key (daemon/preflight_proxy.py)
+# Real sshd answers for each kind of key are in tests/integration/test_proxy_key.py; these are the combinations
+# a two-node test cluster cannot show.
+def _judge_proxy(*answers: str, runs: bool = False, login_error: str = "") -> dict[str, tuple[str, str]]:
+    from adapters.proxy.key_probe import Forwarding, KeyReach
+    from daemon.preflight_proxy import judge
+
+    reach = KeyReach(login_error=login_error, runs_commands=runs,
+                     forwarding=tuple(Forwarding(f"10.0.0.{i}", a, "timed out" if a == "unknown" else "")
+                                      for i, a in enumerate(answers, 1)))
+    checks = judge("Secret ns/key", "jarvice", reach, same_as_daemon=False, nodes_total=20)
+    return {c.name: (c.level, c.detail) for c in checks}
+
+
+def test_proxy_key_refused_forwarding_to_some_nodes_is_a_warning_to_all_an_error() -> None:
+    some = _judge_proxy("allowed", "prohibited", "allowed")
+    assert some["proxy forwarding"][0] == "warning" and "to 10.0.0.2 (3 of 20 node(s) checked)" in some["proxy forwarding"][1]
+    assert _judge_proxy("prohibited", "prohibited")["proxy forwarding"][0] == "error"
+
+
+def test_proxy_key_no_answer_from_a_node_is_not_called_fine() -> None:
+    checks = _judge_proxy("allowed", "unknown")
+    assert checks["proxy forwarding"] == ("warning", "no answer for 10.0.0.2: timed out")
+
+
+def test_proxy_key_that_cannot_log_in_is_one_error() -> None:
+    checks = _judge_proxy(login_error="Permission denied")
+    assert checks == {"proxy key": ("error", "the key in Secret ns/key cannot log in as jarvice: Permission denied")}
