@@ -5,8 +5,8 @@ carries the proxies out; this module only decides):
 
 * transient (the Kubernetes API or SSH could not be asked): backed off, without limit, and
   never held against the job;
-* permanent (the backend gave up): counted too; the ``PROXY_RETRIES``-th in a row gives up for
-  good (``given_up``), at no further cost per poll.
+* permanent (the backend gave up): counted too; the ``PROXY_RETRIES``-th since it last served gives
+  up for good (``given_up``), at no further cost per poll.
 
 Both counts, and the probes its service ignored, reset once the proxy serves. A job upstream
 terminated, or that ended, is ``closed``: never a proxy again, though Slurm may show it
@@ -51,7 +51,8 @@ TRANSITIONS: list[tuple[str, list[ProxyPhase], ProxyPhase]] = [
     ("start", _TRYING, ProxyPhase.STARTING),
     ("serve", _TRYING, ProxyPhase.SERVING),
     ("back_off", _TRYING, ProxyPhase.BACKING_OFF),
-    ("give_up", _TRYING, ProxyPhase.GIVEN_UP),
+    # the last of PROXY_RETRIES permanent failures since it served: a serving proxy has none behind it
+    ("give_up", [s for s in _TRYING if s is not ProxyPhase.SERVING], ProxyPhase.GIVEN_UP),
     ("drop", _UP, ProxyPhase.IDLE),  # requeued (pending again), or its proxy stopped serving
     ("close", _OPEN, ProxyPhase.CLOSED),
 ]
