@@ -11,9 +11,11 @@ What can go wrong is told apart by whether waiting fixes it:
 
 Both counts reset once the proxy serves. Those counts and the proxy's state are each job's
 ``ProxyLife``, which only the pure proxy machine (statemachines/proxy.py) moves: this module
-carries the proxies out and tells the machine how each attempt went. A proxy is aimed at the job's current first node and
-port on every tend: a job that Slurm requeued loses its URL while it pends and gets a re-aimed
-proxy when it runs again (on whichever node). A node's address is read again whenever a job
+carries the proxies out and tells the machine how each attempt went.
+
+A proxy is aimed at the job's current first node and port on every tend: a job that Slurm
+requeued loses its URL while it pends and gets a re-aimed proxy when it runs again (on
+whichever node). A node's address is read again whenever a job
 starts on it (cloud and power-saved nodes change ``NodeAddr``).
 """
 
@@ -150,7 +152,7 @@ class Interactive:
             self.core.book.machine.fire(job, "proxy_down")
             self.machine.dropped(life)
         if pending_again:
-            self.machine.dropped(life)
+            self.machine.dropped(life)  # also a wait or a start it had without proxying yet
             self._aims.pop(job.jobid, None)  # its node may change, or its address: read again when it runs
             return
         if JobState(job.state) is not JobState.RUNNING and JobState(job.state) is not JobState.PROXYING:
