@@ -32,6 +32,10 @@ as "-" when missing)::
                 "proxy": {"state": "serving", "url": str, "error": str, "connections": int,
                           "bytes_up": int, "bytes_down": int, "restarts": int,
                           "pid": int|null} | null,           # pid: local mode's proxy process
+                "proxy_life": {"state": "backing_off",     # ProxyPhase value: what the daemon makes of it
+                               "failures": 1, "retries": 3,   # permanent failures since it served, of retries
+                               "attempts": 2, "probes": 0,    # failed attempts in a row, unanswered probes
+                               "retry_at": ISO|null} | null,  # null: interactive jobs only
                 "last_error": str|null}]
     }
 """
@@ -320,6 +324,22 @@ def _state_badge(state: Any) -> str:
     return f'<span class="state state-{known}">{html.escape(value)}</span>'
 
 
+def _proxy_life(life: Any) -> str:
+    """The proxy machine's view of a job's proxy: its state, and only the counts that say something."""
+    if not isinstance(life, Mapping):
+        return ""
+    parts = [_e(life.get("state"))]
+    if life.get("failures"):
+        parts.append(f'{_e(life.get("failures"))}/{_e(life.get("retries"))} permanent failures')
+    if life.get("attempts"):
+        parts.append(f'{_e(life.get("attempts"))} failed attempts in a row')
+    if life.get("probes"):
+        parts.append(f'{_e(life.get("probes"))} unanswered probes')
+    if life.get("retry_at"):
+        parts.append(f'retry at {_when(life.get("retry_at"))}')
+    return f'<div class="small proxy-life">{", ".join(parts)}</div>'
+
+
 def _job_rows(jobs: list[Mapping[str, Any]]) -> str:
     if not jobs:
         return '<tr><td colspan="9" class="empty">no jobs tracked</td></tr>'
@@ -335,6 +355,7 @@ def _job_rows(jobs: list[Mapping[str, Any]]) -> str:
                           + (f'<div class="error">{_e(proxy.get("error"))}</div>' if proxy.get("error") else ""))
         else:
             proxy_cell = "-" if not job.get("interactive") else "none yet"
+        proxy_cell += _proxy_life(job.get("proxy_life"))
         slurm = _e(job.get("slurm_state")) + (f'<div class="small">{_e(job.get("reason"))}</div>' if job.get("reason")
                                                else "")
         ended = _e(job.get("termination")) + (f' (exit {_e(job.get("exit_code"))})'

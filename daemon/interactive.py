@@ -9,9 +9,13 @@ What can go wrong is told apart by whether waiting fixes it:
   objects, no port to listen on): counted; after ``PROXY_RETRIES`` the job stops trying and
   its ``last_error`` says why, at no further cost per poll.
 
-Both counts reset once the proxy serves. A proxy is aimed at the job's current first node and
-port on every tend: a job that Slurm requeued loses its URL while it pends and gets a re-aimed
-proxy when it runs again (on whichever node). A node's address is read again whenever a job
+Both counts reset once the proxy serves. Those counts and the proxy's state are each job's
+``ProxyLife``, which only the pure proxy machine (statemachines/proxy.py) moves: this module
+carries the proxies out and tells the machine how each attempt went.
+
+A proxy is aimed at the job's current first node and port on every tend: a job that Slurm
+requeued loses its URL while it pends and gets a re-aimed proxy when it runs again (on
+whichever node). A node's address is read again whenever a job
 starts on it (cloud and power-saved nodes change ``NodeAddr``).
 """
 
@@ -29,6 +33,7 @@ from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
 from adapters.proxy.local import probe as probe_service
 from daemon.logs import job_extra
 from statemachines.job import Job, JobState
+from statemachines.proxy import PROXY_RETRIES, SILENT_PROBES, ProxyMachine, ProxyPhase
 from statemachines.slurm_states import Phase, phase_of
 
 if TYPE_CHECKING:
@@ -36,9 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROXY_RETRIES = 3  # permanent proxy failures for one job before its info says why and it stops trying
 PROBE_LIMIT = 8  # interactive jobs probed (and their proxies started) at once after a poll
-SILENT_PROBES = 10  # probes a service may ignore before the job's last_error says so (shown on /admin)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Interactive:
 
     def __init__(self, core: Downstream) -> None:
         self.core = core
+        self.machine = ProxyMachine()  # every interactive job's proxy life moves through it
         self._aims: dict[str, _Aim] = {}  # job id -> its proxy's target, as last started
         self._bytes_seen: dict[int, tuple[int, int]] = {}
         self._probes = trio.CapacityLimiter(PROBE_LIMIT)
@@ -80,10 +84,20 @@ class Interactive:
         job = self.core.book.get(jobid)
         if job is None or job.name != name or JobState(job.state) is not JobState.PROXYING:
             return ""
-        if job.terminating or phase_of(job.code, job.reason) is not Phase.RUNNING:
+        if self.closed(job) or phase_of(job.code, job.reason) is not Phase.RUNNING:
             return ""  # terminated (its proxy's stop may be retrying), or requeued: no URL to a dying service
         status = self.status(job)  # the proxy's own word, not a copy of it
         return status.url if status is not None and status.state is ProxyState.SERVING else ""
+
+    @staticmethod
+    def closed(job: Job) -> bool:
+        """Terminated (or ended): no proxy again, though Slurm may show it running until KillWait ends it."""
+        return job.proxy is not None and job.proxy.state == ProxyPhase.CLOSED
+
+    def close(self, job: Job) -> None:
+        """Upstream terminated the job, or it reached a final state: never a proxy again."""
+        if job.proxy is not None:
+            self.machine.close(job.proxy)
 
     def proxy_exited(self, key: str, exc: Exception, in_a_row: int) -> None:
         """A proxy process died on its own (local mode): logged with its job and counted like any failed effect.
@@ -126,8 +140,8 @@ class Interactive:
             await self.core.supervisor.guard("tend proxy", job.name, job.jobid, partial(self._tend, job))
 
     async def _tend(self, job: Job) -> None:
-        proxies = self.core.proxies
-        assert proxies is not None
+        proxies, life = self.core.proxies, job.proxy
+        assert proxies is not None and life is not None
         key = str(job.number)
         status = proxies.status(key)
         serving = status is not None and status.state is ProxyState.SERVING
@@ -136,15 +150,17 @@ class Interactive:
             job.last_error = "requeued: pending again" if pending_again else (
                 status.error if status and status.error else "its proxy stopped")
             self.core.book.machine.fire(job, "proxy_down")
+            self.machine.dropped(life)
         if pending_again:
+            self.machine.dropped(life)  # also a wait or a start it had without proxying yet
             self._aims.pop(job.jobid, None)  # its node may change, or its address: read again when it runs
             return
         if JobState(job.state) is not JobState.RUNNING and JobState(job.state) is not JobState.PROXYING:
             return
-        if not job.nodes or job.terminating:
-            return  # a terminated job's service may answer until Slurm's KillWait ends it: not to users
-        if job.proxy_failures >= PROXY_RETRIES or self.core.clock() < job.proxy_retry_at:
-            return  # given up (its info says why), or waiting out its backoff
+        if not job.nodes or not self.machine.may_try(life, self.core.clock()):
+            # closed: a terminated job's service may answer until Slurm's KillWait ends it, not to users;
+            # or given up (its info says why); or waiting out its backoff
+            return
         if status is not None and status.state is ProxyState.FAILED:
             await self._failed(job, status.error, permanent=True)
             return
@@ -157,9 +173,8 @@ class Interactive:
             self._serving(job, status)
             return
         if self.core.tunnels is not None and not await probe_service(self.core.tunnels, aim.host, aim.port):
-            job.proxy_probes += 1
-            if job.proxy_probes == SILENT_PROBES:
-                job.last_error = f"its service on {aim.node} port {aim.port} has not answered {job.proxy_probes} probes"
+            if self.machine.unanswered(life):  # once, at SILENT_PROBES
+                job.last_error = f"its service on {aim.node} port {aim.port} has not answered {SILENT_PROBES} probes"
                 log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error, extra=job_extra(job.name, job.jobid))
             return  # the job's web server is not listening yet: the URL stays empty
         try:
@@ -173,6 +188,8 @@ class Interactive:
         self._aims[job.jobid] = aim
         if status.state is ProxyState.SERVING:
             self._serving(job, status)
+        else:
+            self.machine.started(life)
 
     async def _aim(self, job: Job) -> _Aim:
         """The job's first node and service port; the node's address read again when the job (re)started there."""
@@ -185,8 +202,9 @@ class Interactive:
         return _Aim(node, await self.core.upstream(self.core.slurm.node_address, node), port)
 
     def _serving(self, job: Job, status: ProxyStatus) -> None:
-        job.proxy_failures = job.proxy_attempts = job.proxy_probes = 0
-        job.proxy_retry_at = 0.0
+        assert job.proxy is not None
+        if not self.machine.served(job.proxy):
+            return  # closed while it started: never proxying
         if JobState(job.state) is JobState.RUNNING:
             job.last_error = ""
             self.core.book.machine.fire(job, "proxy_up")
@@ -195,11 +213,12 @@ class Interactive:
 
     async def _failed(self, job: Job, why: str, *, permanent: bool) -> None:
         """Count a failure that waiting will not fix; back off either way (never a retry every poll)."""
-        job.proxy_attempts += 1
-        job.proxy_retry_at = self.core.clock() + self.core.supervisor.delay(job.proxy_attempts)
+        life = job.proxy
+        assert life is not None
+        if not self.machine.failed(life, permanent=permanent, now=self.core.clock(), backoff=self.core.supervisor.delay):
+            return  # closed while it started: its proxy is being stopped already
         if permanent:
-            job.proxy_failures += 1
-            job.last_error = f"proxy failed ({job.proxy_failures}/{PROXY_RETRIES}): {why}"
+            job.last_error = f"proxy failed ({life.failures}/{PROXY_RETRIES}): {why}"
             self._aims.pop(job.jobid, None)
             # started afresh next time: a backend that gave up keeps its failed proxy until it is stopped
             await self.core.supervisor.guard("stop proxy", job.name, job.jobid,

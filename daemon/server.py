@@ -38,6 +38,7 @@ from daemon.process import describe_key, stop_on_signal
 from daemon.report import init_report
 from daemon.service import Downstream
 from statemachines.job import Job, JobState
+from statemachines.proxy import PROXY_RETRIES, ProxyLife, ProxyPhase
 
 log = logging.getLogger("slurm_downstream")
 
@@ -168,7 +169,8 @@ def build_downstream(settings: Settings, ssh: SSHClient | None, journal: Journal
                             user_claim=settings.rest.username_claim if settings.rest is not None else None,
                             service_user=settings.ssh_user)
     metrics.jobs = downstream.book.counts
-    metrics.refused = lambda: downstream.book.machine.rejected
+    # a job's proxy life is part of its state: its machine's refusals are counted with the job machine's
+    metrics.refused = lambda: downstream.book.machine.rejected + downstream.interactive.machine.rejected
     return downstream
 
 
@@ -187,6 +189,15 @@ def _proxy_view(downstream: Downstream, job: Job) -> dict | None:
             "pid": status.pid}
 
 
+def _proxy_life_view(life: ProxyLife | None, now: float, wall: float) -> dict | None:
+    """What the proxy machine holds of a job's proxy (the backend's own word is ``proxy``)."""
+    if life is None:
+        return None
+    return {"state": ProxyPhase(life.state).value, "failures": life.failures, "retries": PROXY_RETRIES,
+            "attempts": life.attempts, "probes": life.probes,
+            "retry_at": _iso(wall - (now - life.retry_at)) if life.retry_at > now else None}
+
+
 def admin_state(downstream: Downstream, ssh: SSHClient | None, settings: Settings, started_at: float,
                 preflight: list[Check]) -> dict:
     """The admin page's dict (schema in daemon/admin.py), from what the daemon holds now."""
@@ -200,6 +211,7 @@ def admin_state(downstream: Downstream, ssh: SSHClient | None, settings: Setting
             "termination": job.termination, "interactive": job.interactive,
             "user": job.user or settings.ssh_user,
             "history": [[_iso(t), s] for t, s in job.history], "proxy": _proxy_view(downstream, job),
+            "proxy_life": _proxy_life_view(job.proxy, now, wall),
             "last_error": job.last_error or job.rejected or None,
         })
     return {

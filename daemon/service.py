@@ -248,6 +248,7 @@ class Downstream:
                              job.exit_code, extra=job_extra(job.name, job.jobid))
                     self.collection.record_outcome(job)
                     if job.interactive:
+                        self.interactive.close(job)
                         self.execute([StopProxy(job.jobid, job.number, job.name)])
             elif isinstance(effect, StopProxy):
                 self.interactive.stop_later(effect.number, effect.jobid, effect.name)
@@ -344,7 +345,7 @@ class Downstream:
             log.info("scancel of job %s: %s", jobid, exc.stderr, extra=job_extra(name, jobid))
         log.info("job %s (%s): termination requested", jobid, name, extra=job_extra(name, jobid))
         if job is not None and job.interactive:
-            job.terminating = True
+            self.interactive.close(job)  # no proxy again, though Slurm may show it running a while
             await self.interactive.stop_now(job)  # users lose it before the answer, not a poll later
         self.wake()
         return True

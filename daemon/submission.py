@@ -141,7 +141,8 @@ class Submissions:
                     if job.limbo_since is not None and asked <= job.limbo_since + core.command_timeout:
                         raise ClusterUnavailable(f"{req.name}: an earlier submit's answer was lost; whether it reached "
                                                  f"Slurm is known {core.command_timeout:g}s after it was sent") from None
-                    job.limbo_since, job.fscript = None, submission.fscript  # proven absent: submit it now
+                    core.book.proven_absent(job)  # submit it now
+                    job.fscript = submission.fscript
                 if req.interactive and job.port_index is None:
                     job.port_index = core.interactive.free_port_index()
                 if job.port_index is not None:  # known only now: rendered again with the job's ports

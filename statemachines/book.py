@@ -1,5 +1,7 @@
 """The book of tracked jobs: lookups, the poll's effect on every job, upstream's lists.
 
+It alone moves a job into and out of limbo (``limbo_since``): a submit in doubt.
+
 Upstream's ``/queued`` and ``/running`` are answered from here, never by asking
 Slurm, so their cost does not depend on the cluster. The lists are cached and
 rebuilt only after something changed (``version``), which keeps a 10,000-job
@@ -84,6 +86,12 @@ class JobBook:
         """sbatch's answer was lost and Slurm could not be asked: keep the name until a poll settles it."""
         job.limbo_since = since
         job.last_error = why
+        self.version += 1
+
+    def proven_absent(self, job: Job) -> None:
+        """A job in limbo that a look-up begun ``command_timeout`` after its sbatch did not find: that
+        sbatch never took effect, and the job is submitted anew under its name (still reserved)."""
+        job.limbo_since = None
         self.version += 1
 
     def limbo(self) -> list[Job]:

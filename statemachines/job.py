@@ -21,6 +21,7 @@ from typing import Protocol
 
 from transitions import Machine, MachineError
 
+from statemachines.proxy import ProxyLife
 from statemachines.slurm_states import Phase, code_from_rc_file, exit_code_of, long_name, phase_of
 
 log = logging.getLogger(__name__)
@@ -125,18 +126,18 @@ class Job:
     termination: str = ""  # Slurm's long state name at the end
     rejected: str = ""  # why a submit failed
     last_error: str = ""  # the latest thing that went wrong for this job (admins read it)
-    limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped)
+    limbo_since: float | None = None  # sbatch's outcome unknown since then (the link dropped); JobBook's to change
     adopted: bool = False  # rebuilt from Slurm (after a restart), not submitted by this process
     user: str = ""  # the Slurm user it runs as when not the service user (slurmrestd, per-user identity)
     port_index: int | None = None  # interactive: its service port is base + this (also in the Slurm comment)
-    proxy_failures: int = 0  # interactive: permanent proxy failures (the backend gave up) since it last served
-    proxy_attempts: int = 0  # interactive: failed proxy attempts in a row, of any kind (sets the backoff)
-    proxy_retry_at: float = 0.0  # interactive: no new proxy attempt before this (daemon clock)
-    proxy_probes: int = 0  # interactive: probes its service did not answer since it last served
-    terminating: bool = False  # upstream asked to end it: no proxy again, though Slurm may show it running a while
+    proxy: ProxyLife | None = None  # interactive: its proxy's life, moved by ProxyMachine only
     state: JobState = JobState.QUEUED
     history: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (wall time, state)
     outbox: list[Effect] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.interactive and self.proxy is None:  # however the job was made: submitted, adopted, restored
+            self.proxy = ProxyLife()
 
     @property
     def final(self) -> bool:

@@ -1,4 +1,4 @@
-"""The project keeps its own promises: the README's diagram is the machine's, and the
+"""The project keeps its own promises: the README's diagrams are the machines', and the
 layers depend one way only (daemon -> statemachines, adapters; never back)."""
 
 from __future__ import annotations
@@ -6,15 +6,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from statemachines.diagram import mermaid
+from statemachines.diagram import mermaid, proxy_mermaid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_diagram_is_generated_from_the_machine() -> None:
+def test_readme_diagrams_are_generated_from_the_machines() -> None:
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("```mermaid\n", 1)[1].split("```", 1)[0]
-    assert block == mermaid(), "README diagram is stale: paste `python -m statemachines.diagram`"
+    blocks = [block.split("```", 1)[0] for block in readme.split("```mermaid\n")[1:]]
+    assert len(blocks) == 2, "the README shows the job machine, then the proxy machine"
+    assert blocks[0] == mermaid(), "README job diagram is stale: paste `python -m statemachines.diagram`"
+    assert blocks[1] == proxy_mermaid(), "README proxy diagram is stale: paste `python -m statemachines.diagram proxy`"
 
 
 def _imports(package: str) -> set[tuple[str, str]]:

@@ -35,6 +35,7 @@ from adapters.proxy.base import ProxyState, ProxyStatus
 from adapters.slurm.twin import COMMANDS, Fault, SimulatedSlurm
 from daemon.api import create_app
 from daemon.service import Downstream
+from statemachines.proxy import ProxyPhase
 from tests.support.fake_proxies import RecordingProxies
 from tests.support.upstream import submit_args
 
@@ -319,6 +320,13 @@ class DaemonLife(RuleBasedStateMachine):
         for name, jobid in self.world.jobids.items():
             assert jobid in every, f"upstream was given job {jobid} for {name}, which Slurm never had"
         assert self.downstream.book.machine.rejected == 0, "an illegal transition was attempted"
+        assert self.downstream.interactive.machine.rejected == 0, "an illegal proxy transition was attempted"
+
+    @invariant()
+    def ended_jobs_never_proxy_again(self) -> None:
+        for job in self.downstream.book:
+            if job.final and job.proxy is not None:
+                assert job.proxy.state == ProxyPhase.CLOSED, f"{job.name} ended with its proxy {job.proxy.state}"
 
 
 async def test_the_daemon_never_loses_a_job(nursery: trio.Nursery) -> None:

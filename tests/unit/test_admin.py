@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
@@ -20,10 +21,15 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.jobscript import ScriptEnvironment
+from adapters.slurm.twin import SimulatedSlurm
 from config.settings import load
 from daemon.admin import config_view, state_diagram_svg
 from daemon.logs import add_secret
+from daemon.server import admin_state
+from daemon.service import Downstream
 from statemachines.job import TRANSITIONS, JobState
+from statemachines.proxy import PROXY_RETRIES
 from tests.browser.sample import HOSTILE, KEY, SECRET, admin_app
 from tests.browser.serving import serve_app
 
@@ -100,6 +106,8 @@ async def test_page_shows_what_an_operator_looks_for(admin: httpx.AsyncClient) -
     assert "12 ms" in page and "650 / 3" in page
     assert "node1, node2" in page and "FAILED (exit 1)" in page
     assert "2 conn, up 2.0 KiB, down 5.1 MiB" in page
+    assert '<div class="small proxy-life">serving</div>' in page  # the proxy machine's word, counts only when any
+    assert "closed, 3/3 permanent failures, 4 failed attempts in a row" in page
     assert "jarvice@login.example.org:22" in page and ">connected<" in page
     assert "socat is not on the login node&#x27;s PATH" in page and "hint: install it" in page
     assert "docker login failed with ***" in page and SECRET not in page
@@ -163,3 +171,20 @@ def test_page_lists_at_most_500_jobs_active_first_then_newest() -> None:
     assert page.index('data-jobid="549"') < page.index('data-jobid="100"')  # then the newest
     assert 'data-jobid="0"' not in page  # the oldest finished jobs are left to /admin/state
     assert "showing 500 of 551 (active first)" in page and "Jobs (551)" in page
+
+
+async def test_admin_state_shows_each_interactive_jobs_proxy_life() -> None:
+    """What the proxy machine makes of a job's proxy (backing off, its counts, when it retries) reaches admins."""
+    downstream = Downstream(slurm=SimulatedSlurm(), script_env=ScriptEnvironment(scratch_dir="/tmp/twin"))
+    web = downstream.book.new("desktop", 1, interactive=True)
+    downstream.book.new("batch", 2)
+    assert web.proxy is not None
+    downstream.interactive.machine.failed(web.proxy, permanent=True, now=trio.current_time(), backoff=lambda n: 60.0)
+    settings = load({"JARVICE_SLURM_CLUSTER_ADDR": "login", "JARVICE_SCHED_SERVER_KEY": KEY,
+                     "JARVICE_SLURM_SSH_PKEY": asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()})
+    state = admin_state(downstream, None, settings, time.time(), [])
+    jobs = {job["name"]: job for job in json.loads(json.dumps(state))["jobs"]}
+    assert jobs["batch"]["proxy_life"] is None
+    life = jobs["desktop"]["proxy_life"]
+    assert life["state"] == "backing_off" and life["retry_at"] is not None
+    assert (life["failures"], life["retries"], life["attempts"], life["probes"]) == (1, PROXY_RETRIES, 1, 0)

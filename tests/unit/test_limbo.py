@@ -16,6 +16,7 @@ import trio.testing
 from adapters.errors import ClusterUnavailable
 from adapters.journal import Journal
 from adapters.slurm.twin import Fault
+from statemachines.book import JobBook
 from statemachines.job import JobState
 from tests.support.daemon_world import World
 from tests.support.upstream import submit_args
@@ -29,7 +30,8 @@ async def submit_in_doubt(world: World, name: str, number: int) -> None:
     world.twin.inject("squeue", Fault.UNAVAILABLE)
     with pytest.raises(ClusterUnavailable):
         await world.downstream.submit(submit_args(name, number, "sleep 600", interactive=True))
-    assert world.downstream.book.named(name).limbo_since is not None
+    book = world.downstream.book
+    assert book.named(name) in book.limbo()
 
 
 async def test_an_interactive_job_settled_from_limbo_after_a_restart_keeps_its_ports(
@@ -155,3 +157,15 @@ async def test_a_poll_leaves_a_limbo_job_to_the_retried_submit_settling_it(
         assert job is not None and job.state is JobState.RUNNING
         assert world.downstream.book.machine.rejected == 0
         nursery.cancel_scope.cancel()
+
+
+def test_only_the_book_moves_a_job_into_and_out_of_limbo() -> None:
+    """In doubt, then proven absent (a look-up begun late enough did not find it): submitted anew, its name kept."""
+    book = JobBook()
+    job = book.new("desktop", 1)
+    book.in_limbo(job, 5.0, "sbatch answer lost")
+    assert book.limbo() == [job] and job.limbo_since == 5.0 and job.last_error == "sbatch answer lost"
+    version = book.version
+    book.proven_absent(job)
+    assert book.limbo() == [] and job.limbo_since is None and book.version > version
+    assert book.named("desktop") is job

@@ -18,8 +18,9 @@ import trio.testing
 
 from adapters.errors import ClusterUnavailable
 from adapters.proxy.base import ProxyState, ProxyStatus
-from daemon.interactive import PROBE_LIMIT, PROXY_RETRIES, SILENT_PROBES
+from daemon.interactive import PROBE_LIMIT
 from statemachines.job import JobState
+from statemachines.proxy import PROXY_RETRIES, SILENT_PROBES, ProxyPhase
 from tests.support.daemon_world import FakeTunnels, World
 
 CRASH_LOOP = ProxyStatus(ProxyState.FAILED, error="CrashLoopBackOff: back-off 5m0s restarting failed container")
@@ -43,6 +44,8 @@ async def test_transient_proxy_failures_are_waited_out_however_many(
     for _ in range(5):  # a burst of polls right after the blip: no API call for each
         await world.poll()
     assert starts(world, "1") == 1
+    life = world.downstream.book.get(jobid).proxy
+    assert life.state == ProxyPhase.BACKING_OFF and life.failures == 0  # never held against the job
     for _ in range(2 * PROXY_RETRIES):  # blip after blip, each retried after its backoff
         await trio.sleep(120)
         await world.poll()
@@ -52,6 +55,7 @@ async def test_transient_proxy_failures_are_waited_out_however_many(
     await world.poll()
     assert world.downstream.book.get(jobid).state is JobState.PROXYING
     assert world.downstream.url_of("desktop", jobid) == "http://proxy/1/"
+    assert (life.state, life.attempts, life.failures, life.retry_at) == (ProxyPhase.SERVING, 0, 0, 0.0)
 
 
 async def test_a_proxy_the_backend_gave_up_on_is_retried_a_few_times_then_left_alone(
@@ -63,6 +67,7 @@ async def test_a_proxy_the_backend_gave_up_on_is_retried_a_few_times_then_left_a
         await world.poll()
     job = world.downstream.book.get(jobid)
     assert starts(world, "2") == PROXY_RETRIES
+    assert job.proxy.state == ProxyPhase.GIVEN_UP and job.proxy.failures == PROXY_RETRIES
     assert "CrashLoopBackOff" in job.last_error and f"{PROXY_RETRIES}/{PROXY_RETRIES}" in job.last_error
     assert world.downstream.url_of("desktop", jobid) == ""
 
@@ -77,6 +82,7 @@ async def test_serving_forgives_earlier_failures(world: World, autojump_clock: t
     await trio.sleep(120)
     await world.poll()
     assert world.downstream.url_of("desktop", jobid) == "http://proxy/3/"
+    assert world.downstream.book.get(jobid).proxy.failures == 0
     world.proxies.gave_up["3"] = CRASH_LOOP  # it crashes again later: a fresh set of retries
     before = starts(world, "3")
     for _ in range(20):
@@ -95,6 +101,7 @@ async def test_a_requeued_job_loses_its_url_and_gets_a_proxy_aimed_at_its_new_no
     world.twin.requeue(jobid)
     await world.poll()
     assert world.downstream.url_of("desktop", jobid) == ""  # while it pends again, no URL to a dead service
+    assert world.downstream.book.get(jobid).proxy.state == ProxyPhase.IDLE
     world.twin.start(jobid, ("node2",))
     await world.poll()
     assert world.proxies.serving["4"].host == "10.0.0.2"
@@ -142,9 +149,11 @@ async def test_a_service_that_never_answers_is_reported_after_some_probes(
         for _ in range(2):
             await world.poll()
         assert "has not answered" in job.last_error and world.downstream.url_of("silent", jobid) == ""
+        assert job.proxy.state == ProxyPhase.WAITING and job.proxy.probes > SILENT_PROBES  # said once, still counted
         tunnels.listening = None
         await world.poll()
         assert world.downstream.url_of("silent", jobid) == "http://proxy/7/" and job.last_error == ""
+        assert job.proxy.probes == 0
         nursery.cancel_scope.cancel()
 
 

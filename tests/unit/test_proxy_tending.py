@@ -17,6 +17,7 @@ from adapters.jobscript import ScriptEnvironment
 from adapters.slurm.twin import SimulatedSlurm
 from daemon.service import Downstream
 from statemachines.job import JobState
+from statemachines.proxy import ProxyPhase
 from tests.support.fake_proxies import RecordingProxies
 from tests.support.upstream import submit_args
 
@@ -48,6 +49,9 @@ async def test_a_terminated_job_gets_no_proxy_while_slurm_is_still_ending_it(
 
         assert await downstream.terminate({"name": "desktop", "number": 7, "jobid": jobid})
         assert proxies.calls[-1] == ("stop", "7") and not proxies.serving
+        assert job.proxy.state == ProxyPhase.CLOSED
+        assert await downstream.terminate({"name": "desktop", "number": 7, "jobid": jobid})  # twice: closed once
+        assert downstream.interactive.machine.rejected == 0
         for _ in range(3):  # Slurm still shows it, completing: the service may still answer
             twin.advance(5)
             await poll()
@@ -56,7 +60,7 @@ async def test_a_terminated_job_gets_no_proxy_while_slurm_is_still_ending_it(
             assert downstream.url_of("desktop", jobid) == ""
         twin.advance(30)
         await poll()
-        assert job.state is JobState.CANCELLED
+        assert job.state is JobState.CANCELLED and job.proxy.state == ProxyPhase.CLOSED
         assert ("start", "7") not in proxies.calls[1:]
         nursery.cancel_scope.cancel()
 
