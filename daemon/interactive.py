@@ -31,6 +31,7 @@ import trio
 from adapters.errors import ClusterUnavailable, DownstreamError, InvalidRequest
 from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
 from adapters.proxy.local import probe as probe_service
+from adapters.ssh import ForwardingProhibited
 from daemon.logs import job_extra
 from statemachines.job import Job, JobState
 from statemachines.proxy import PROXY_RETRIES, SILENT_PROBES, ProxyMachine, ProxyPhase
@@ -172,7 +173,13 @@ class Interactive:
         if serving and self._aims.get(job.jobid) == aim:
             self._serving(job, status)
             return
-        if self.core.tunnels is not None and not await probe_service(self.core.tunnels, aim.host, aim.port):
+        try:
+            answered = self.core.tunnels is None or await probe_service(self.core.tunnels, aim.host, aim.port)
+        except ForwardingProhibited as exc:  # the login node's sshd will not forward there: no wait fixes that
+            await self._failed(job, f"the login node refuses to forward to node {aim.node} ({exc}): check sshd's "
+                                    "AllowTcpForwarding and, for a restricted key, its permitopen", permanent=True)
+            return
+        if not answered:
             if self.machine.unanswered(life):  # once, at SILENT_PROBES
                 job.last_error = f"its service on {aim.node} port {aim.port} has not answered {SILENT_PROBES} probes"
                 log.warning("job %s (%s): %s", job.jobid, job.name, job.last_error, extra=job_extra(job.name, job.jobid))

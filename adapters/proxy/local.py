@@ -36,6 +36,7 @@ import trio
 
 from adapters.errors import DownstreamError
 from adapters.proxy.base import ProxyState, ProxyStatus, ProxyTarget
+from adapters.ssh import ForwardingProhibited
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ async def probe(opener: TunnelOpener, host: str, port: int) -> bool:
 
     sshd confirms a ``direct-tcpip`` channel only after its own connect to the target
     succeeded, so opening (and closing) one is an exact test of what a user would get.
+    A refusal to forward at all (``ForwardingProhibited``) is raised, not answered False: no
+    waiting makes that service reachable.
     """
     try:
         tunnel = await opener.open_tunnel(host, port)
+    except ForwardingProhibited:
+        raise
     except DownstreamError as exc:
         log.debug("probe of %s:%d: %s", host, port, exc)
         return False

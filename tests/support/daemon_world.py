@@ -12,6 +12,7 @@ import trio.testing
 from adapters.errors import ClusterUnavailable
 from adapters.jobscript import ScriptEnvironment
 from adapters.slurm.twin import SimulatedSlurm
+from adapters.ssh import ForwardingProhibited
 from daemon.service import Downstream
 from tests.support.fake_proxies import RecordingProxies
 from tests.support.upstream import submit_args
@@ -28,6 +29,7 @@ class FakeTunnels:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.listening: set[tuple[str, int]] | None = None
+        self.prohibited: set[str] = set()  # hosts sshd refuses to forward to (administratively prohibited)
         self.opened: list[tuple[str, int]] = []
         self.in_flight = self.most_in_flight = 0
 
@@ -39,6 +41,8 @@ class FakeTunnels:
             await trio.sleep(self.delay)
         finally:
             self.in_flight -= 1
+        if host in self.prohibited:
+            raise ForwardingProhibited(f"{host}:{port} is not reachable from login:22: open failed")
         if self.listening is not None and (host, port) not in self.listening:
             raise ClusterUnavailable(f"open failed: connect to {host} port {port}: Connection refused")
         return _Closed()

@@ -172,3 +172,27 @@ async def test_many_jobs_starting_at_once_leave_the_poller_its_channel(autojump_
         assert 1 < world.twin.most_in_flight["scontrol"] <= 3
         assert all(world.downstream.book.get(j).state is JobState.PROXYING for j in jobids)
         nursery.cancel_scope.cancel()
+
+
+
+async def test_a_node_the_login_node_will_not_forward_to_is_given_up_on_with_the_reason(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """sshd answering *administratively prohibited* (AllowTcpForwarding no, a permitopen without the node) is not a
+    service still starting: the job gives up after PROXY_RETRIES tries and says why, instead of probing for ever."""
+    tunnels = FakeTunnels()
+    world = World(tunnels=tunnels)
+    world.twin.node_addresses["node2"] = "10.213.0.99"
+    tunnels.prohibited = {"10.213.0.99"}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(world.downstream.run)
+        jobid = await world.running_job("walled", 8, nodes=("node2",))
+        for _ in range(20):
+            await trio.sleep(120)
+            await world.poll()
+        job = world.downstream.book.get(jobid)
+        assert job.proxy.state == ProxyPhase.GIVEN_UP and job.proxy.failures == PROXY_RETRIES
+        assert "refuses to forward to node node2" in job.last_error and "permitopen" in job.last_error
+        assert tunnels.opened.count(("10.213.0.99", world.downstream.script_env.service_port + job.port_index)) \
+            == PROXY_RETRIES, "probed again after giving up"
+        assert starts(world, "8") == 0 and world.downstream.url_of("walled", jobid) == ""
+        nursery.cancel_scope.cancel()
