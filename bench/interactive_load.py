@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from bench import freshness, proxy_throughput, upstream_load
-from bench.cluster import cancel, local_env, on_login
+from bench import freshness, hosts, proxy_throughput, upstream_load
+from bench.cluster import STATE, cancel, local_env, on_login
 from bench.context import CONCURRENCY, Context, JobRef, Live
 from bench.daemon_proc import job_name
 from bench.stats import median_of, show
@@ -178,6 +178,7 @@ def _print(r: dict) -> None:
           "freshness p99 ms", "changes", "MB/s per stream", "MB/s all streams", "daemon CPU %", "proxy processes CPU %",
           "machine busy %"], rows, [
              f"{r['source']}",
+             r["placement"],
              f"/runstatus: every tracked job on upstream's timer, {RATE}/s through {CONCURRENCY} keep-alive connections "
              f"for {WINDOW:g} s, from the call's scheduled time to its answer (target p99 < {P99_TARGET_MS:g} ms)",
              f"freshness: bench/freshness.py at the daemon's {POLL_INTERVAL:g} s poll (target p99 < {target_fresh:.0f} ms), "
@@ -205,9 +206,11 @@ async def run(ctx: Context) -> dict:
                   f"held/pending, {STREAMS} running interactive jobs with their proxies), polled over SSH every "
                   f"{POLL_INTERVAL:g} s")
         print(f"   {source}; proxy URLs {', '.join(u for _, u in interactive)}", flush=True)
-        quiet = await ctx.undisturbed("interactive load, no streams", lambda: _phase(ctx, live, active, [], 11))
-        loaded = await ctx.undisturbed("interactive load, streaming",
-                                       lambda: _phase(ctx, live, active, [u for _, u in interactive], 12))
+        with hosts.split(STATE, live.proc.pid) as placement:
+            print(f"   {placement}", flush=True)
+            quiet = await ctx.undisturbed("interactive load, no streams", lambda: _phase(ctx, live, active, [], 11))
+            loaded = await ctx.undisturbed("interactive load, streaming",
+                                           lambda: _phase(ctx, live, active, [u for _, u in interactive], 12))
     finally:
         if interactive:
             await trio.to_thread.run_sync(cancel, [j.jobid for j, _ in interactive])  # the main daemon stays
@@ -216,7 +219,7 @@ async def run(ctx: Context) -> dict:
         return (p["runstatus"]["response_p99_ms"] < P99_TARGET_MS and not p["runstatus"]["errors"]
                 and p["freshness"]["all"]["p99"] < (POLL_INTERVAL + 1) * 1000)
 
-    result = {"jobs": len(active), "kind": "real Slurm", "source": source, "streams": STREAMS,
+    result = {"jobs": len(active), "kind": "real Slurm", "source": source, "placement": placement, "streams": STREAMS,
               "poll_interval_s": POLL_INTERVAL, "rate_per_s": RATE, "stream_bytes": STREAM_BYTES,
               "quiet": quiet, "loaded": loaded, "met": ok(quiet) and ok(loaded),
               "met_quiet": ok(quiet), "met_loaded": ok(loaded)}

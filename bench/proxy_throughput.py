@@ -46,6 +46,7 @@ import trio  # noqa: E402
 from adapters.proxy.base import ProxyTarget  # noqa: E402
 from adapters.proxy.children import ChildProxies  # noqa: E402
 from adapters.proxy.local import probe  # noqa: E402
+from bench import hosts  # noqa: E402
 from bench.cluster import STATE, cancel, cluster_env, free_port  # noqa: E402
 from bench.stats import percentile, show  # noqa: E402
 from config.settings import load  # noqa: E402
@@ -142,6 +143,7 @@ async def _load(host: str, port: int, netns: str | None, mode: str, amount: int,
         argv = ["nice", "-n", str(nice), *argv]
     if netns is not None:  # the client in that network namespace (same files, same python)
         argv = ["nsenter", f"--net={netns}", *argv]
+    argv = hosts.browser_argv(argv)
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"load generator ({mode} to {host}:{port}) failed: {result.stderr.decode().strip()[-2000:]}")

@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import parse_qs
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -60,10 +61,26 @@ def credentials_ok(header: str | None, server_key: str) -> bool:
     return hmac.compare_digest(supplied, server_key.encode())
 
 
+MAX_FORM_FIELDS = 1000  # as Werkzeug's max_form_parts
+
+
 async def read_args() -> dict:
-    """The ``args`` form field (JSON object); a JSON body is accepted too."""
-    form = await request.form
-    raw = form.get("args")
+    """The ``args`` form field (JSON object); a JSON body is accepted too.
+
+    Upstream posts a URL-encoded form (``requests.post(url, data={"args": ...})``): that is decoded
+    here, on the request's own task, as Werkzeug would (UTF-8, ``+`` as space, the first ``args``).
+    Quart-Trio parses forms in a worker thread, and that hop on every call is what a busy host
+    makes wait (README: *Interactive load*); other encodings (multipart) still go through it.
+    """
+    if request.mimetype == "application/x-www-form-urlencoded":
+        body = (await request.get_data(as_text=False)).decode("utf-8", "replace")
+        try:
+            fields = parse_qs(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:
+            raise InvalidRequest(f"the form has more than {MAX_FORM_FIELDS} fields; upstream sends one, 'args'") from None
+        raw = fields["args"][0] if "args" in fields else None
+    else:
+        raw = (await request.form).get("args")
     if raw is None:
         body = await request.get_data(as_text=False)
         if not body:

@@ -72,3 +72,26 @@ async def test_ready_says_what_a_deployment_without_ssh_cannot_do(world: World,
     world.twin.available = False  # slurmrestd without SSH: no files, no tunnels
     ready = await client.get("/ready")
     assert ready.status_code == 200 and "interactive jobs are refused" in (await ready.get_json())["limited"]
+
+
+async def test_args_arrive_as_upstream_encodes_them_in_every_form_encoding(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    """``requests.post(url, data={"args": json})`` URL-encodes (``+`` for spaces, UTF-8 percent escapes); a multipart
+    form carries the same field; too many fields is a 400 naming the problem, never a traceback."""
+    from urllib.parse import urlencode
+
+    jobid = await world.running_job("desk-top", 5, interactive=False)
+    client = create_app(world.downstream, KEY).test_client()
+    args = '{"name": "desk-top", "number": 5, "jobid": "%s", "note": "café au lait"}' % jobid
+    form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    encoded = urlencode({"args": args}).encode()
+    assert b"+" in encoded and b"%C3%A9" in encoded  # what requests sends
+    answer = await client.post("/runstatus", data=encoded, headers=form)
+    assert answer.status_code == 200, await answer.get_data(as_text=True)
+    assert (await answer.get_json())[0] == ["node1"]  # runstatus: nodes, elapsed ...
+    multipart = await client.post("/runstatus", form={"args": args}, headers=AUTH)
+    assert multipart.status_code == 200 and (await multipart.get_json())[0] == ["node1"]
+    crowded = await client.post("/runstatus", data=b"&".join([b"x=1"] * 1001 + [encoded]), headers=form)
+    assert crowded.status_code == 400 and "more than 1000 fields" in (await crowded.get_json())["error"]
+    empty = await client.post("/runstatus", data=b"args=", headers=form)
+    assert empty.status_code == 400 and "not valid JSON" in (await empty.get_json())["error"]
