@@ -4,6 +4,7 @@ internal detail to callers who did not authenticate. Driven through the real Qua
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -82,7 +83,7 @@ async def test_args_arrive_as_upstream_encodes_them_in_every_form_encoding(
 
     jobid = await world.running_job("desk-top", 5, interactive=False)
     client = create_app(world.downstream, KEY).test_client()
-    args = '{"name": "desk-top", "number": 5, "jobid": "%s", "note": "café au lait"}' % jobid
+    args = json.dumps({"name": "desk-top", "number": 5, "jobid": jobid, "note": "café au lait"}, ensure_ascii=False)
     form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
     encoded = urlencode({"args": args}).encode()
     assert b"+" in encoded and b"%C3%A9" in encoded  # what requests sends
