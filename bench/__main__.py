@@ -154,15 +154,15 @@ def summarize(results: dict) -> list[dict]:
         flat = max(values) - min(values) <= slack
         add("Slurm commands/min on the login node", spread, "independent of jobs and call rate", flat)
     inter = results.get("interactive_load")
-    if inter:
-        for key, label in (("quiet", "no streams"), ("loaded", f"{inter['streams']} proxies streaming")):
-            p = inter[key]
+    for where, placed in (inter or {}).get("placements", {}).items():
+        for key, label in (("quiet", "no streams"), ("loaded", f"{placed['streams']} proxies streaming")):
+            p = placed[key]
             streaming = f" ({p['streams_total_MBps']:.0f} MB/s through the proxies)" if p["streams_total_MBps"] else ""
-            add(f"POST /runstatus p99 at {p['runstatus']['demanded_per_s']:.0f}/s, {inter['jobs']:,} jobs, {label}",
-                f"{p['runstatus']['response_p99_ms']:.1f} ms{streaming}", "p99 < 10 ms",
+            add(f"POST /runstatus p99 at {p['runstatus']['demanded_per_s']:.0f}/s, {placed['jobs']:,} jobs, {label}, "
+                f"hosts {where}", f"{p['runstatus']['response_p99_ms']:.1f} ms{streaming}", "p99 < 10 ms",
                 p["runstatus"]["response_p99_ms"] < 10 and not p["runstatus"]["errors"])
-            limit = (inter["poll_interval_s"] + 1) * 1000
-            add(f"freshness p99 at a {inter['poll_interval_s']:g} s poll, {inter['jobs']:,} jobs, {label}",
+            limit = (placed["poll_interval_s"] + 1) * 1000
+            add(f"freshness p99 at a {placed['poll_interval_s']:g} s poll, {placed['jobs']:,} jobs, {label}, hosts {where}",
                 f"{p['freshness']['all']['p99']:.0f} ms", f"p99 < {limit:.0f} ms", p["freshness"]["all"]["p99"] < limit)
     proxied = results.get("proxy_throughput", {}).get("throughput_MBps", {})
     if proxied:
