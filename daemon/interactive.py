@@ -147,13 +147,14 @@ class Interactive:
         status = proxies.status(key)
         serving = status is not None and status.state is ProxyState.SERVING
         pending_again = phase_of(job.code, job.reason) in (Phase.PENDING, Phase.HELD)  # requeued by Slurm
-        if JobState(job.state) is JobState.PROXYING and (not serving or pending_again):
+        stopped = JobState(job.state) is JobState.PROXYING and (not serving or pending_again)
+        if stopped:
             job.last_error = "requeued: pending again" if pending_again else (
                 status.error if status and status.error else "its proxy stopped")
             self.core.book.machine.fire(job, "proxy_down")
+        if stopped or pending_again:  # pending again: also a wait or a start it had without proxying yet
             self.machine.dropped(life)
         if pending_again:
-            self.machine.dropped(life)  # also a wait or a start it had without proxying yet
             self._aims.pop(job.jobid, None)  # its node may change, or its address: read again when it runs
             return
         if JobState(job.state) is not JobState.RUNNING and JobState(job.state) is not JobState.PROXYING:

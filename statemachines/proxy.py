@@ -117,6 +117,9 @@ class ProxyMachine:
         self.rejected = 0  # illegal transitions refused (tests assert it stays 0)
 
     def fire(self, life: ProxyLife, trigger: str, **kwargs: Any) -> bool:
+        """Apply ``trigger``; False when refused, or ignored because the life is closed already."""
+        if life.state == ProxyPhase.CLOSED:
+            return False  # an attempt's outcome after upstream terminated the job, or a second close
         event = self.machine.events.get(trigger)
         try:
             if event is None:
@@ -136,17 +139,15 @@ class ProxyMachine:
     # ------------------------------------------------------------ events
     def unanswered(self, life: ProxyLife) -> bool:
         """A probe went unanswered. True once: when this one makes ``SILENT_PROBES`` (the caller says so)."""
-        if life.state == ProxyPhase.CLOSED:
-            return False
         return self.fire(life, "wait") and life.probes == SILENT_PROBES
 
     def started(self, life: ProxyLife) -> bool:
         """The backend took the proxy and it does not serve yet."""
-        return life.state != ProxyPhase.CLOSED and self.fire(life, "start")
+        return self.fire(life, "start")
 
     def served(self, life: ProxyLife) -> bool:
         """The proxy serves: every earlier failure and probe is forgiven."""
-        return life.state != ProxyPhase.CLOSED and self.fire(life, "serve")
+        return self.fire(life, "serve")
 
     def failed(self, life: ProxyLife, *, permanent: bool, now: float, backoff: Callable[[int], float]) -> bool:
         """An attempt failed: back off for ``backoff(attempts in a row)``; the last permanent strike gives up.
@@ -154,8 +155,6 @@ class ProxyMachine:
         ``backoff`` is the daemon's policy (the supervisor's delay), passed in with ``now`` so that
         this machine holds neither a clock nor a policy of its own.
         """
-        if life.state == ProxyPhase.CLOSED:
-            return False
         last = permanent and life.failures + 1 >= PROXY_RETRIES
         return self.fire(life, "give_up" if last else "back_off", permanent=permanent, now=now, backoff=backoff)
 
@@ -169,5 +168,4 @@ class ProxyMachine:
 
     def close(self, life: ProxyLife) -> None:
         """Upstream terminated the job, or it ended: never a proxy again (closing twice is closing once)."""
-        if life.state != ProxyPhase.CLOSED:
-            self.fire(life, "close")
+        self.fire(life, "close")

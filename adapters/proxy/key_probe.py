@@ -77,13 +77,12 @@ async def probe_key(target: SSHTarget, private_key: str, hosts: Sequence[str], p
             runs = False  # sshd took the key but refused a session: no command either
         else:
             runs = result.exit_status == 0 and marker in result.stdout
-        answers: list[Forwarding] = []
+        answers: list[Forwarding] = [Forwarding(host, "unknown") for host in hosts]  # in the order of hosts
 
-        async def one(host: str) -> None:
-            answers.append(await _forwarding(ssh, host, port, timeout))
+        async def one(i: int) -> None:
+            answers[i] = await _forwarding(ssh, hosts[i], port, timeout)
 
         async with trio.open_nursery() as nursery:
-            for host in hosts:
-                nursery.start_soon(one, host)
-    order = {h: i for i, h in enumerate(hosts)}
-    return KeyReach(runs_commands=runs, forwarding=tuple(sorted(answers, key=lambda f: order[f.host])))
+            for i in range(len(hosts)):
+                nursery.start_soon(one, i)
+    return KeyReach(runs_commands=runs, forwarding=tuple(answers))
