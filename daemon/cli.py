@@ -58,7 +58,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from daemon.preflight import exit_code, format_checks, run_preflight
     from daemon.preflight_proxy import proxy_key_checks
     from daemon.report import init_report
-    from daemon.server import describe_key, open_ssh
+    from daemon.server import describe_key, open_kube, open_ssh
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -72,10 +72,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(line)
 
     async def check() -> list:
-        async with open_ssh(settings) as ssh:
-            return await run_preflight(ssh, settings) + await proxy_key_checks(ssh, settings)
+        kube = await open_kube(settings)
+        try:
+            async with open_ssh(settings) as ssh:
+                return await run_preflight(ssh, settings) + await proxy_key_checks(ssh, settings, kube)
+        finally:
+            if kube is not None:
+                kube.close()
 
-    checks = trio.run(check)
+    try:
+        checks = trio.run(check)
+    except ConfigError as exc:  # e.g. Kubernetes mode and no API to ask
+        print(f"slurm-downstream: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     for line in format_checks(checks):
         print(line)
     return exit_code(checks)

@@ -10,13 +10,17 @@ finding is a Check with a hint, like the rest of preflight.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from adapters.errors import DownstreamError
 from adapters.proxy.key_probe import KeyReach, probe_key
 from adapters.slurm import parsers
 from adapters.ssh import SSHClient, load_private_key
-from config.settings import ConfigError, Settings
+from config.settings import Settings
 from daemon.preflight import Check, Level
+
+if TYPE_CHECKING:
+    from adapters.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +28,16 @@ PROBED_NODES = 8  # nodes whose forwarding is tried (a sample: a big cluster's t
 PROXY_KEY_LINE = 'restrict,port-forwarding,command="/bin/false",permitopen="NODEADDR:*",... ssh-ed25519 AAAA...'
 
 
-async def proxy_key_checks(ssh: SSHClient, settings: Settings) -> list[Check]:
-    """Kubernetes mode: read the proxy pods' key from their Secret and try it on the login node; else nothing."""
+async def proxy_key_checks(ssh: SSHClient, settings: Settings, kube: KubeClient | None) -> list[Check]:
+    """Kubernetes mode: read the proxy pods' key from their Secret (through ``kube``, the daemon's client) and try
+    it on the login node; else nothing."""
     proxy = settings.proxy
-    if proxy.mode != "kubernetes":
+    if proxy.mode != "kubernetes" or kube is None:
         return []
     where = f"Secret {proxy.namespace}/{proxy.ssh_secret}"
-    # the kubernetes package is heavy: imported only in Kubernetes mode
-    from adapters.kube.client import KubeClient, KubeNotFound
+    from adapters.kube.client import KubeNotFound  # the kubernetes package is heavy: imported only in this mode
     from adapters.kube.proxies import read_proxy_key
 
-    try:
-        kube = await KubeClient.open(proxy.kube_api, outbound=settings.outbound)
-    except ConfigError as exc:
-        return [Check("proxy key", "warning", f"{where} not read: {exc}", "set JARVICE_SLURM_KUBE_API")]
     try:
         pem = await read_proxy_key(kube, proxy.namespace, proxy.ssh_secret)
     except KubeNotFound:
@@ -49,8 +49,6 @@ async def proxy_key_checks(ssh: SSHClient, settings: Settings) -> list[Check]:
     except DownstreamError as exc:  # forbidden, or the API is not reachable: the pods may be fine, unchecked
         return [Check("proxy key", "warning", f"{where} could not be read to check its key: {exc}",
                       f"let the daemon's Role get the Secret {proxy.ssh_secret} (config/deploy/rbac.yaml)")]
-    finally:
-        kube.close()
     same = load_private_key(pem).public_data == load_private_key(settings.ssh_pkey).public_data
     try:
         listed = parsers.parse_node_addresses((await ssh.run("scontrol -o show nodes")).stdout)

@@ -7,6 +7,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -39,6 +40,9 @@ from daemon.report import init_report
 from daemon.service import Downstream
 from statemachines.job import Job, JobState
 from statemachines.proxy import PROXY_RETRIES, ProxyLife, ProxyPhase
+
+if TYPE_CHECKING:
+    from adapters.kube.client import KubeClient
 
 log = logging.getLogger("slurm_downstream")
 
@@ -255,10 +259,13 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
     async with contextlib.AsyncExitStack() as links:
         ssh = await links.enter_async_context(open_ssh(settings)) if settings.has_ssh else None
         http = await links.enter_async_context(rest_http(settings)) if settings.rest is not None else None
+        kube = await open_kube(settings)
+        if kube is not None:
+            links.callback(kube.close)
         metrics = Metrics(version=VERSION, ssh=ssh)
         downstream = build_downstream(settings, ssh, journal, metrics, http)
         await connectivity_test(downstream)
-        preflight = await preflight_checks(downstream, ssh, settings)
+        preflight = await preflight_checks(downstream, ssh, settings, kube)
         log_checks(log, preflight)
         log.info("")
         log.info(" Init done. Entering main loop.")
@@ -271,9 +278,10 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
             if handle_signals:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             if ssh is not None:  # interactive jobs reach their web service through the login node
-                downstream.proxies = await start_proxies(nursery, settings, ssh, downstream.interactive.proxy_exited)
+                downstream.proxies = await start_proxies(nursery, settings, ssh, kube, downstream.interactive.proxy_exited)
                 downstream.tunnels = ssh
-            elector = await start_elector(nursery, settings, downstream) if settings.proxy.leader_election else None
+            elector = await start_elector(nursery, settings, kube, downstream) if kube and settings.proxy.leader_election \
+                else None
             # everything loaded (kubernetes included, when used) and no job yet: see daemon.heap
             log.debug("start-up heap set aside from garbage collection: %d objects", freeze_heap())
             if elector is not None:
@@ -285,7 +293,21 @@ async def serve(settings: Settings, host: str, port: int, *, handle_signals: boo
             task_status.started(binds)
 
 
-async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settings: Settings) -> list[Check]:
+async def open_kube(settings: Settings) -> KubeClient | None:
+    """The one Kubernetes client of a daemon that uses the API (proxy pods, their key's check, the Lease); else None.
+
+    Opened before anything runs, so that a deployment without a usable API configuration stops at once
+    with one line (ConfigError, exit 2). The kubernetes package is heavy: imported only then.
+    """
+    if settings.proxy.mode != "kubernetes" and not settings.proxy.leader_election:
+        return None
+    from adapters.kube.client import KubeClient
+
+    return await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
+
+
+async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settings: Settings,
+                           kube: KubeClient | None = None) -> list[Check]:
     """SSH mode: the probe that connectivity_test's SlurmClient.preflight ran, judged (the cluster is asked
     once). slurmrestd mode: the REST side's checks, and the SSH probe's about the login node when SSH is there.
     Kubernetes proxies: what their key may do on the login node."""
@@ -300,11 +322,11 @@ async def preflight_checks(downstream: Downstream, ssh: SSHClient | None, settin
         if ssh is not None:
             checks += [c for c in await run_preflight(ssh, settings) if c.name not in SSH_SLURM_CHECKS]
     if ssh is not None:  # interactive jobs need SSH: without it there are no proxies, nor their key
-        checks += await proxy_key_checks(ssh, settings)
+        checks += await proxy_key_checks(ssh, settings, kube)
     return checks
 
 
-async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient,
+async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClient, kube: KubeClient | None,
                         on_exit: ExitHook | None = None) -> ProxyBackend:
     """Interactive jobs' proxies: a child process per job (``slurm-downstream proxy``), or pods on Kubernetes.
 
@@ -314,10 +336,9 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
     """
     proxies: ProxyBackend
     if settings.proxy.mode == "kubernetes":
-        from adapters.kube.client import KubeClient  # the kubernetes package is heavy: only when used
         from adapters.kube.proxies import KubernetesProxies
 
-        kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
+        assert kube is not None  # open_kube opens it in Kubernetes mode
         proxies = KubernetesProxies.from_settings(kube, settings)
     else:
         proxies = ChildProxies(proxy_cmd.child_command(), proxy_cmd.child_env(settings), bind=settings.proxy.bind,
@@ -328,13 +349,11 @@ async def start_proxies(nursery: trio.Nursery, settings: Settings, ssh: SSHClien
 
 
 async def start_elector(nursery: trio.Nursery, settings: Settings,  # noqa: ANN201 - kubernetes imported lazily
-                        downstream: Downstream):
+                        kube: KubeClient, downstream: Downstream):
     """Several replicas: only the holder of a coordination.k8s.io Lease polls Slurm and tends proxies."""
-    from adapters.kube.client import KubeClient
     from adapters.kube.lease import LeaderElector, lease_name
     from adapters.kube.proxies import default_instance
 
-    kube = await KubeClient.open(settings.proxy.kube_api, outbound=settings.outbound)
     elector = LeaderElector(kube, settings.proxy.namespace, lease_name(default_instance(settings)),
                             settings.proxy.identity, healthy=downstream.healthy)
     await nursery.start(elector.run)

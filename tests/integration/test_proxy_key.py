@@ -21,9 +21,9 @@ import pytest
 
 from adapters.ssh import SSHClient
 from config.settings import Settings
-from daemon.preflight import exit_code, format_checks
+from daemon.preflight import Check, exit_code, format_checks
 from daemon.preflight_proxy import proxy_key_checks
-from daemon.server import ssh_target
+from daemon.server import open_kube, ssh_target
 from tests.integration.conftest import cluster_env, settings, slurm
 from tests.support.cluster import current
 from tests.support.kube_api import KubeAPIStandIn
@@ -51,10 +51,21 @@ def kube_settings(api: KubeAPIStandIn) -> Settings:
                     JARVICE_JOBS_DOMAIN="jarvice.example.com/job$")
 
 
-async def checks_of(conf: Settings) -> dict[str, tuple[str, str]]:
-    async with SSHClient(ssh_target(conf)) as ssh:
-        checks = await proxy_key_checks(ssh, conf)
+async def key_checks(conf: Settings) -> list[Check]:
+    """The daemon's checks of the proxy pods' key, with its own SSH connection and Kubernetes client."""
+    kube = await open_kube(conf)
+    try:
+        async with SSHClient(ssh_target(conf)) as ssh:
+            checks = await proxy_key_checks(ssh, conf, kube)
+    finally:
+        if kube is not None:
+            kube.close()
     print("\n".join(format_checks(checks)))
+    return checks
+
+
+async def checks_of(conf: Settings) -> dict[str, tuple[str, str]]:
+    checks = await key_checks(conf)
     assert len({c.name for c in checks}) == len(checks), "one check of each name"
     return {c.name: (c.level, c.detail) for c in checks}
 
@@ -79,8 +90,7 @@ async def test_a_key_that_runs_commands_is_a_warning_that_shows_the_restricted_l
         slurm_cluster: object, api: KubeAPIStandIn) -> None:
     store_key(api, current().proxy_key("proxy_shell"))
     conf = kube_settings(api)
-    async with SSHClient(ssh_target(conf)) as ssh:
-        checks = await proxy_key_checks(ssh, conf)
+    checks = await key_checks(conf)
     level, detail = next((c.level, c.detail) for c in checks if c.name == "proxy key")
     hint = next(c.hint for c in checks if c.name == "proxy key")
     assert level == "warning" and f"runs commands on the login node as {conf.ssh_user}" in detail
@@ -103,8 +113,7 @@ async def test_a_key_without_forwarding_is_an_error_naming_every_node(slurm_clus
 async def test_the_daemons_own_key_in_the_secret_is_called_out(slurm_cluster: object, api: KubeAPIStandIn) -> None:
     conf = kube_settings(api)
     store_key(api, conf.ssh_pkey)
-    async with SSHClient(ssh_target(conf)) as ssh:
-        checks = await proxy_key_checks(ssh, conf)
+    checks = await key_checks(conf)
     details = [c.detail for c in checks if c.name == "proxy key" and c.level == "warning"]
     assert any("is the daemon's own key" in d for d in details), details
     assert any("runs commands" in d for d in details), details
@@ -127,9 +136,7 @@ async def test_a_missing_unreadable_or_unusable_secret_is_said_without_touching_
 
 
 async def test_local_mode_has_no_proxy_key_to_check(slurm_cluster: object) -> None:
-    conf = settings()
-    async with SSHClient(ssh_target(conf)) as ssh:
-        assert await proxy_key_checks(ssh, conf) == []
+    assert await key_checks(settings()) == []
 
 
 def test_slurm_downstream_check_prints_the_proxy_keys_findings(slurm_cluster: object, api: KubeAPIStandIn) -> None:
