@@ -154,8 +154,7 @@ def build_slurm(settings: Settings, ssh: SSHClient | None, metrics: Metrics,
                            command_timeout=settings.command_timeout), shells
     assert http is not None
     control = RestSlurm(settings.rest.url, token_source(settings.rest, http), user=settings.ssh_user,
-                        scratch_dir=settings.scratch_dir, parser=settings.rest.parser, http=http,
-                        timeout=settings.command_timeout)
+                        parser=settings.rest.parser, http=http)
     metrics.rest = control
     files = (SshClusterFiles(runner, scratch_dir=settings.scratch_dir, job_group=settings.job_group, users_write=True,
                              chown_wrapper=settings.chown_wrapper, owner=settings.ssh_user)

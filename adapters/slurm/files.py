@@ -155,10 +155,6 @@ class NoClusterFiles:
     def __init__(self, scratch_dir: str) -> None:
         self.scratch_dir = scratch_dir.rstrip("/") or "/"
 
-    @property
-    def jobs_dir(self) -> str:
-        return jobs_dir_of(self.scratch_dir)
-
     async def prepare(self, home: str = "") -> None:
         return None
 

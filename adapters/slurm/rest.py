@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -37,11 +37,12 @@ from adapters.errors import (
     SlurmUnreachable,
 )
 from adapters.identity import UserIdentity
-from adapters.jobscript import NAME_RE, Submission, jobs_dir_of
+from adapters.jobscript import NAME_RE, Submission
 from adapters.slurm import rest_shapes as shapes
 from adapters.slurm.client import ClusterInfo, JobFacts, Poll
 from adapters.slurm.files import check_jobid
 from adapters.slurm.parsers import JOB_PREFIX, NODE_NAME_RE, AccountingRecord, SlurmJob
+from adapters.tokens import TokenSource
 from statemachines.slurm_states import FINISHED_CODES
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ _TOKEN_REFUSED = {401, 403, 511}
 # set off full collections that hold it 90-200 ms more each; the trio loop and every upstream call wait. The
 # poll's listing is read one job at a time (``_loads_ours``): measured on a 106 MB listing, the longest the GIL
 # was held fell from 961 ms to 59 ms (the UTF-8 decode), and only our jobs' kept fields are ever alive together.
+# slurmrestd starts a job with no environment of its own (sbatch passes the caller's): its script needs a PATH
+_JOB_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 LARGE_ANSWER = 256 * 1024
 _KEPT = ("job_id", "name", "job_state", "state_reason", "nodes", "comment", "start_time", "end_time", "user_name")
 
@@ -155,54 +158,39 @@ def _scan_listing(text: str) -> dict[str, Any]:
     return answer
 
 
+def _errnos(body: Mapping[str, Any]) -> set[Any]:
+    """The Slurm error numbers of an answer's ``errors``."""
+    return {e.get("error_number") for e in body.get("errors") or () if isinstance(e, dict)}
+
+
+def _unavailable(what: str, status: int, body: Mapping[str, Any]) -> ClusterUnavailable:
+    """slurmrestd answered, with a failure waiting may cure (5xx, or an answer without what was asked)."""
+    return ClusterUnavailable(f"{what}: slurmrestd answered HTTP {status}: {shapes.errors_text(body)[:300]}")
+
+
 def _slim(records: Sequence[Any]) -> list[dict[str, Any]]:
     return [{k: r[k] for k in _KEPT if k in r} for r in records
             if isinstance(r, dict) and str(r.get("name", "")).startswith(JOB_PREFIX)]
 
 
-class TokenSource(Protocol):
-    """Where the service identity's bearer token comes from (``adapters/tokens.py``)."""
-
-    description: str
-
-    async def token(self) -> str: ...
-
-    def invalidate(self, token: str) -> None: ...
-
-
 class RestSlurm:
     """``SlurmControl`` over slurmrestd."""
 
-    def __init__(self, url: str, tokens: TokenSource, *, user: str, scratch_dir: str, parser: str = "auto",
-                 http: httpx.AsyncClient | None = None, timeout: float = 30.0, environment: Mapping[str, str] | None = None,
-                 accounting: str = "auto", wall: Any = time.time) -> None:
+    def __init__(self, url: str, tokens: TokenSource, *, user: str, http: httpx.AsyncClient, parser: str = "auto",
+                 wall: Any = time.time) -> None:
         self.url = url.rstrip("/")
         self.tokens = tokens
         self.user = user  # the service user (JARVICE_SLURM_SSH_USER), when the service token names none
-        self.scratch_dir = scratch_dir.rstrip("/") or "/"
         self.wanted_parser = parser
         self.parser = "" if parser == "auto" else parser  # chosen by preflight
         self.offered: list[str] = []
-        self.wanted_accounting = accounting
-        self.accounting = "controller" if accounting == "auto" else accounting  # "slurmdbd" once preflight sees it
-        self.timeout = timeout
-        self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                              limits=httpx.Limits(max_connections=16, max_keepalive_connections=8))
-        self.environment = dict(environment or {})
+        self.accounting = "controller"  # "slurmdbd" once preflight sees slurmrestd serve it
+        self.http = http  # the daemon's (server.rest_http): the pod's proxy and CA, one pool with the token endpoint
         self.wall = wall
         self._last_update: int | None = None  # the last listing's ``last_update``
         self._listed: list[dict[str, Any]] = []  # its records of our jobs (the fields job_of reads), for "no change"
         self._listed_at = -math.inf
         self.requests = 0  # sent to slurmrestd (benchmarks: requests per minute)
-
-    @property
-    def jobs_dir(self) -> str:
-        return jobs_dir_of(self.scratch_dir)
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self.http.aclose()
 
     # ---------------------------------------------------------------- HTTP
     def _path(self, rest: str) -> str:
@@ -255,7 +243,7 @@ class RestSlurm:
             body = {}
         if response.status_code >= 500 and not body.get("errors"):
             raise ClusterUnavailable(f"{what}: slurmrestd answered HTTP {response.status_code}")
-        errnos = {e.get("error_number") for e in body.get("errors") or () if isinstance(e, dict)}
+        errnos = _errnos(body)
         if errnos & _UNREACHABLE_ERRNOS:
             raise SlurmUnreachable(f"{what}: slurmctld did not answer slurmrestd: {shapes.errors_text(body)[:300]}")
         return response.status_code, body
@@ -284,8 +272,7 @@ class RestSlurm:
             self.parser = shapes.choose_parser(self.offered, self.wanted_parser)
         except ValueError as exc:
             raise Misconfigured("JARVICE_SLURM_DATA_PARSER_VERSION", str(exc)) from None
-        if self.wanted_accounting == "auto":
-            self.accounting = "slurmdbd" if shapes.serves_accounting(openapi, self.parser) else "controller"
+        self.accounting = "slurmdbd" if shapes.serves_accounting(openapi, self.parser) else "controller"
         return self.parser
 
     def _dbd(self, rest: str) -> str:
@@ -297,7 +284,7 @@ class RestSlurm:
         status, answer = await self._request("GET", self._dbd(f"job/{check_jobid(jobid)}"), what="sacct")
         records = [r for r in answer.get("jobs") or () if isinstance(r, dict)]
         if status != 200:  # slurmdbd down or refusing: nothing may be concluded (an unknown job is a 200, empty)
-            raise ClusterUnavailable(f"sacct: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+            raise _unavailable("sacct", status, answer)
         return shapes.accounting_of(records[0]) if records else None
 
     async def coordinated_accounts(self) -> list[str] | None:
@@ -317,7 +304,7 @@ class RestSlurm:
         await self.choose_parser()
         status, ping = await self._get("ping/", "ping")
         if status != 200:
-            raise ClusterUnavailable(f"ping: slurmrestd answered HTTP {status}: {shapes.errors_text(ping)}")
+            raise _unavailable("ping", status, ping)
         meta = ping.get("meta") or {}
         release = ((meta.get("slurm") or {}).get("release")) or ""
         version = f"slurm {release} (slurmrestd, data parser {self.parser})".strip()
@@ -327,7 +314,7 @@ class RestSlurm:
     @property
     def service_user(self) -> str:
         """Who the service token says it is (its user-name claim), else the configured user."""
-        return getattr(self.tokens, "username", None) or self.user
+        return self.tokens.username or self.user
 
     async def visible_users(self) -> set[str]:
         """The users whose jobs the service identity sees (preflight: PrivateData and coordinators)."""
@@ -343,9 +330,8 @@ class RestSlurm:
     # ---------------------------------------------------------------- jobs
     async def submit(self, submission: Submission, as_user: UserIdentity | None = None) -> str:
         """``POST job/submit``: as the service user, or as ``as_user`` with the user's own token."""
-        environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", **self.environment}
         try:
-            body = shapes.job_description(submission.sbatch_args, submission.batch_script, environment)
+            body = shapes.job_description(submission.sbatch_args, submission.batch_script, _JOB_ENVIRONMENT)
         except shapes.UnsupportedOption as exc:
             raise CommandFailed("job/submit", None, str(exc)) from None
         status, answer = await self._request("POST", self._path("job/submit"), what="sbatch", json=body, as_user=as_user)
@@ -361,7 +347,7 @@ class RestSlurm:
         params = {"update_time": str(since)} if since is not None else None
         status, answer = await self._get("jobs/", "jobs", params, loads)
         if status not in (200, 304):
-            raise ClusterUnavailable(f"jobs: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+            raise _unavailable("jobs", status, answer)
         return status, answer
 
     @staticmethod
@@ -404,18 +390,20 @@ class RestSlurm:
         records = [r for r in answer.get("jobs") or () if isinstance(r, dict)]
         if status == 200 and records:
             return records[0]
-        errnos = {e.get("error_number") for e in answer.get("errors") or () if isinstance(e, dict)}
+        errnos = _errnos(answer)
         if _INVALID_JOB_ID in errnos or (status in (200, 404) and not records and not errnos):
             return None
         if status >= 500 or status == 200:
-            raise ClusterUnavailable(f"job/{jobid}: slurmrestd answered HTTP {status}: {shapes.errors_text(answer)[:300]}")
+            raise _unavailable(f"job/{jobid}", status, answer)
         raise self._refused(f"job/{jobid}", status, answer)
 
     async def find_by_name(self, name: str) -> list[SlurmJob]:
         if not NAME_RE.match(name):
             raise ValueError(f"not a job name: {name!r}")
-        _, answer = await self._listing(None)  # complete: a lost submit's job must be seen if it exists
-        jobs, _ = shapes.jobs_of(answer, self.wall())
+        # complete (a lost submit's job must be seen if it exists), read as the poll reads it: our jobs
+        # only, job by job, and parsed in a worker thread, off upstream's request path
+        _, answer = await self._listing(None, _loads_ours)
+        _, jobs, _ = await trio.to_thread.run_sync(self._ours, answer, self.wall())
         return sorted((j for j in jobs.values() if j.name == name), key=lambda j: int(j.jobid))
 
     async def inspect(self, jobid: str) -> JobFacts:

@@ -37,6 +37,7 @@ class Tokens:
     """A token source that hands out numbered tokens and records invalidations."""
 
     description = "the test's token source"
+    username: str | None = None
     username = "jarvice"
 
     def __init__(self) -> None:
@@ -57,7 +58,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def client(handler: Handler, tokens: Tokens | None = None) -> RestSlurm:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    rest = RestSlurm("http://slurmrestd:6820", tokens or Tokens(), user="jarvice", scratch_dir="/scratch", http=http)
+    rest = RestSlurm("http://slurmrestd:6820", tokens or Tokens(), user="jarvice", http=http)
     rest.parser = "v0.0.42"
     return rest
 
