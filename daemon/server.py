@@ -169,8 +169,7 @@ def build_downstream(settings: Settings, ssh: SSHClient | None, journal: Journal
                             poll_interval=settings.poll_interval, command_timeout=settings.command_timeout,
                             journal=journal, metrics=metrics, port_count=settings.port_count,
                             upstream_sessions=settings.ssh_max_sessions - 1 - shells, gc_age=settings.gc_age,
-                            user_claim=settings.rest.username_claim if settings.rest is not None else None,
-                            service_user=settings.ssh_user)
+                            user_claim=settings.rest.username_claim if settings.rest is not None else None)
     metrics.jobs = downstream.book.counts
     # a job's proxy life is part of its state: its machine's refusals are counted with the job machine's
     metrics.refused = lambda: downstream.book.machine.rejected + downstream.interactive.machine.rejected

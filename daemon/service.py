@@ -77,7 +77,6 @@ class Downstream:
     # slurmrestd: the claim of upstream's bearer token naming the user a job runs as; None (SSH): every job
     # runs as the service user and the bearer is not read
     user_claim: str | None = None
-    service_user: str = ""  # the identity the poll runs as (JARVICE_SLURM_SSH_USER): jobs of others may hide
     book: JobBook = field(default_factory=JobBook)
     status: PollStatus = field(default_factory=PollStatus)
     cluster: ClusterInfo | None = None
@@ -277,11 +276,12 @@ class Downstream:
         if facts.squeue is not None:  # it is back (or was never gone): the next poll handles it
             return
         acct = facts.accounting
-        if acct is None and facts.rc_file is None and job.user and job.user != self.service_user:
+        service_user = self.slurm.service_user  # the poll's identity: jobs of other users may hide from it
+        if acct is None and facts.rc_file is None and job.user and job.user != service_user:
             # Another user's job (slurmrestd) the service identity no longer sees, and nothing says it ended:
             # with PrivateData=jobs that is what losing the coordinator role looks like, not an end. It keeps
             # its state (its exit-code file will tell once it ends) and every poll that misses it asks again.
-            job.last_error = (f"not visible to the service user {self.service_user}: is it still a coordinator of "
+            job.last_error = (f"not visible to the service user {service_user}: is it still a coordinator of "
                               f"{job.user}'s account (PrivateData=jobs)? kept as {job.state}")
             log.warning("job %s (%s, user %s): %s", jobid, job.name, job.user, job.last_error,
                         extra=job_extra(job.name, jobid))

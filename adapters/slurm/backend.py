@@ -25,6 +25,11 @@ from adapters.slurm.parsers import SlurmJob
 class SlurmControl(Protocol):
     accounting: str  # "sacct", "jobcomp", "controller" (slurmrestd: what slurmctld still holds) or "none"
 
+    @property
+    def service_user(self) -> str:
+        """The Slurm user the daemon's own requests run as (the SSH user; slurmrestd: its token's)."""
+        ...
+
     async def preflight(self) -> ClusterInfo: ...
 
     async def ping(self) -> None: ...
@@ -81,6 +86,10 @@ class SlurmCluster:
     @property
     def accounting(self) -> str:
         return self.control.accounting
+
+    @property
+    def service_user(self) -> str:
+        return self.control.service_user
 
     @property
     def scratch_dir(self) -> str:

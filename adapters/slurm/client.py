@@ -146,6 +146,10 @@ class SlurmClient(SshClusterFiles):
         return command_error(command, result)
 
     # ---------------------------------------------------------------- startup
+    @property
+    def service_user(self) -> str:
+        return self.user
+
     async def preflight(self) -> ClusterInfo:
         """Who am I, which Slurm, how long it keeps finished jobs, how to look them up, and a usable
         scratch dir: one probe (which ``serve`` also judges, so the cluster is asked once), then the jobs' dir."""

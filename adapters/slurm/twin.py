@@ -197,6 +197,10 @@ class SimulatedSlurm:
         return {jobid: self._view(j) for jobid, j in self.jobs.items() if j.slurm_name.startswith(JOB_PREFIX)}
 
     # ------------------------------------------------------------ the SlurmBackend interface
+    @property
+    def service_user(self) -> str:
+        return self.user
+
     async def preflight(self) -> ClusterInfo:
         await self._command("ping")
         job_comp = "jobcomp/filetxt" if self.accounting == "jobcomp" else "jobcomp/none"

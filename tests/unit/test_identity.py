@@ -86,7 +86,7 @@ async def test_over_ssh_the_bearer_is_not_read() -> None:
 async def test_a_users_job_that_becomes_invisible_is_not_reported_finished() -> None:
     """PrivateData=jobs without the coordinator role: the user's job vanishes from the service user's view.
     Nothing says it ended, so it keeps its state (a service job gone without a trace does end, UNKNOWN)."""
-    world = World(user_claim="preferred_username", service_user="jarvice")
+    world = World(user_claim="preferred_username")  # the twin's service user is jarvice
     async with trio.open_nursery() as nursery:
         await nursery.start(world.downstream.run)
         while not world.downstream.ready:
