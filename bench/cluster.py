@@ -121,6 +121,12 @@ def on_login(*args: str) -> list[str]:
     return [str(STATE / "bin" / "login"), *args]
 
 
+def cluster_netns_prefix() -> str:
+    """The prefix of the test cluster's network namespaces (``sdtcN-``: ``-login``, ``-node1`` ...), from <state>/net."""
+    ns = next(line.split("=", 1)[1] for line in (STATE / "net").read_text().splitlines() if line.startswith("NS="))
+    return f"{ns}-"
+
+
 def login_host() -> str:
     """The login node's address as the daemon reaches it."""
     return cluster_env()["JARVICE_SLURM_CLUSTER_ADDR"]

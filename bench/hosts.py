@@ -25,8 +25,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.cluster import cluster_netns_prefix
+from tests.support.processes import descendants
+
 # BENCH_HOSTS=shared or split measures in that placement only; unset: both, shared first
-PLACEMENTS = tuple(p for p in ("shared", "split") if os.environ.get("BENCH_HOSTS", p) == p)
+PLACEMENTS = ("shared", "split")
+if os.environ.get("BENCH_HOSTS"):
+    if os.environ["BENCH_HOSTS"] not in PLACEMENTS:
+        raise SystemExit(f"BENCH_HOSTS={os.environ['BENCH_HOSTS']}: expected one of {', '.join(PLACEMENTS)}")
+    PLACEMENTS = (os.environ["BENCH_HOSTS"],)
 ALL_CPUS = frozenset(os.sched_getaffinity(0))
 DAEMON_CPUS = frozenset(sorted(ALL_CPUS)[:1])
 OTHER_CPUS = ALL_CPUS - DAEMON_CPUS
@@ -59,10 +66,9 @@ def pin(pid: int, cpus: frozenset[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
-def cluster_pids(state: Path) -> list[int]:
+def cluster_pids() -> list[int]:
     """Every process in the test cluster's network namespaces (login node and compute nodes)."""
-    net = dict(line.split("=", 1) for line in (state / "net").read_text().split() if "=" in line)
-    prefix = net["NS"] + "-"
+    prefix = cluster_netns_prefix()
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split("\n")
     pids = []
     for ns in (line.split()[0] for line in names if line.startswith(prefix)):
@@ -71,23 +77,8 @@ def cluster_pids(state: Path) -> list[int]:
     return pids
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid``'s children, their children ... (from /proc; a snapshot)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 @contextlib.contextmanager
-def placed(placement: str, state: Path, daemon_pid: int) -> Iterator[str]:
+def placed(placement: str, daemon_pid: int) -> Iterator[str]:
     """``split``: the daemon and its children on DAEMON_CPUS; the cluster, the browsers and this process (at
     UPSTREAM_NICE) on the others, for the block; everything back after it. ``shared``: as they are. Yields how the
     run was placed, for its notes."""
@@ -98,7 +89,7 @@ def placed(placement: str, state: Path, daemon_pid: int) -> Iterator[str]:
     try:
         for pid in (daemon_pid, *descendants(daemon_pid)):
             pin(pid, DAEMON_CPUS)
-        for pid in (os.getpid(), *cluster_pids(state)):
+        for pid in (os.getpid(), *cluster_pids()):
             pin(pid, OTHER_CPUS)
         _prioritise(UPSTREAM_NICE)
         _active = True
@@ -108,5 +99,5 @@ def placed(placement: str, state: Path, daemon_pid: int) -> Iterator[str]:
     finally:
         _active = False
         _prioritise(0)
-        for pid in (daemon_pid, *descendants(daemon_pid), os.getpid(), *cluster_pids(state)):
+        for pid in (daemon_pid, *descendants(daemon_pid), os.getpid(), *cluster_pids()):
             pin(pid, ALL_CPUS)

@@ -47,7 +47,7 @@ from adapters.proxy.base import ProxyTarget  # noqa: E402
 from adapters.proxy.children import ChildProxies  # noqa: E402
 from adapters.proxy.local import probe  # noqa: E402
 from bench import hosts  # noqa: E402
-from bench.cluster import STATE, cancel, cluster_env, free_port  # noqa: E402
+from bench.cluster import STATE, cancel, cluster_env, cluster_netns_prefix, free_port  # noqa: E402
 from bench.stats import percentile, show  # noqa: E402
 from config.settings import load  # noqa: E402
 from daemon.proxy_cmd import child_command, child_env  # noqa: E402
@@ -133,8 +133,7 @@ def _client(host: str, port: int, mode: str, amount: int) -> dict:
 
 def login_netns() -> str:
     """The test cluster's login node namespace (tests/cluster/up writes NS=... to <state>/net)."""
-    ns = next(line.split("=", 1)[1] for line in (STATE / "net").read_text().splitlines() if line.startswith("NS="))
-    return f"/run/netns/{ns}-login"
+    return f"/run/netns/{cluster_netns_prefix()}login"
 
 
 async def _load(host: str, port: int, netns: str | None, mode: str, amount: int, nice: int = 0) -> dict:

@@ -66,14 +66,11 @@ def slurm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(current().login(*args), capture_output=True, text=True, env=env, timeout=30)
 
 
-def user_token(user: str = "") -> str | None:
-    """The bearer JARVICE sends for ``user`` (default: the cluster's service user) when the running test's
-    daemon uses slurmrestd: a JWT from the cluster's stand-in of the identity provider; else None."""
+def user_token() -> str | None:
+    """The bearer JARVICE sends for the cluster's service user when the running test's daemon uses slurmrestd:
+    a JWT from the cluster's stand-in of the identity provider; else None."""
     cluster = current()
-    if not cluster.rest:
-        return None
-    return cluster.oidc("token", username=user or read_exports(cluster.env_file)["JARVICE_SLURM_SSH_USER"],
-                        lifetime=3600)["access_token"]
+    return cluster.user_token(cluster.service_user, lifetime=3600) if cluster.rest else None
 
 
 def unique_name(tag: str) -> str:

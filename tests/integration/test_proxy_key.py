@@ -44,11 +44,16 @@ def store_key(api: KubeAPIStandIn, pem: str) -> None:
              "stringData": {"pkey": pem}})
 
 
+def kube_env(api: KubeAPIStandIn) -> dict[str, str]:
+    """Kubernetes proxy mode's variables, as a deployment sets them, with the stand-in as the API."""
+    return {"JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_KUBE_API": api.url,
+            "JARVICE_SLURM_PROXY_IMAGE": "registry.example/slurm-downstream:test",
+            "JARVICE_SLURM_PROXY_SSH_SECRET": SECRET, "JARVICE_JOBS_NAMESPACE": NS,
+            "JARVICE_JOBS_DOMAIN": "jarvice.example.com/job$"}
+
+
 def kube_settings(api: KubeAPIStandIn) -> Settings:
-    return settings(JARVICE_SLURM_PROXY_MODE="kubernetes", JARVICE_SLURM_KUBE_API=api.url,
-                    JARVICE_SLURM_PROXY_IMAGE="registry.example/slurm-downstream:test",
-                    JARVICE_SLURM_PROXY_SSH_SECRET=SECRET, JARVICE_JOBS_NAMESPACE=NS,
-                    JARVICE_JOBS_DOMAIN="jarvice.example.com/job$")
+    return settings(**kube_env(api))
 
 
 async def key_checks(conf: Settings) -> list[Check]:
@@ -142,12 +147,7 @@ async def test_local_mode_has_no_proxy_key_to_check(slurm_cluster: object) -> No
 def test_slurm_downstream_check_prints_the_proxy_keys_findings(slurm_cluster: object, api: KubeAPIStandIn) -> None:
     """What an operator runs by hand, with the deployment's variables: the finding and its hint on screen."""
     store_key(api, current().proxy_key("proxy_shell"))
-    env = {**os.environ, **cluster_env(), "JARVICE_SLURM_PROXY_MODE": "kubernetes", "JARVICE_SLURM_KUBE_API": api.url,
-           "JARVICE_SLURM_PROXY_IMAGE": "registry.example/slurm-downstream:test",
-           "JARVICE_SLURM_PROXY_SSH_SECRET": SECRET, "JARVICE_JOBS_NAMESPACE": NS,
-           "JARVICE_JOBS_DOMAIN": "jarvice.example.com/job$"}
-    if current().rest:
-        env["JARVICE_SLURM_CLIENT"] = "slurmrestd_client"
+    env = {**os.environ, **cluster_env(), **kube_env(api)}
     done = subprocess.run([sys.executable, "-m", "daemon.cli", "check"], env=env, capture_output=True, text=True,
                           timeout=120)
     lines = done.stdout.splitlines()

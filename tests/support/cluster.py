@@ -86,43 +86,40 @@ class Cluster:
 
     # slurmrestd and the OIDC stand-in of Keycloak (24.11, 26.05; tests/cluster/up, tests/support/oidc.py)
 
-    @property
-    def has_rest(self) -> bool:
-        return "JARVICE_SLURMRESTD_URL" in read_exports(self.env_file)
-
-    def _rest_env(self, key: str, file: str = "daemon.env") -> str:
+    def _exported(self, key: str, file: str = "daemon.env", what: str = "slurmrestd") -> str:
+        """``key`` from the cluster's ``file`` (daemon.env or env.sh); a cluster without it has no ``what``."""
         env = read_exports(self.state / file)
         if key not in env:
-            raise LookupError(f"the Slurm {self.version} test cluster in {self.state} has no slurmrestd ({key} unset)")
+            raise LookupError(f"the Slurm {self.version} test cluster in {self.state} has no {what} ({key} unset)")
         return env[key]
 
     @property
     def rest_url(self) -> str:
         """slurmrestd on the login node (``http://10.214.N.2:6820``)."""
-        return self._rest_env("JARVICE_SLURMRESTD_URL")
+        return self._exported("JARVICE_SLURMRESTD_URL")
 
     @property
     def token_url(self) -> str:
         """The stand-in's Keycloak token endpoint (``.../realms/jarvice/protocol/openid-connect/token``)."""
-        return self._rest_env("JARVICE_KEYCLOAK_TOKEN_URL")
+        return self._exported("JARVICE_KEYCLOAK_TOKEN_URL")
 
     @property
     def client_id(self) -> str:
-        return self._rest_env("JARVICE_KEYCLOAK_CLIENT_ID")
+        return self._exported("JARVICE_KEYCLOAK_CLIENT_ID")
 
     @property
     def client_secret(self) -> str:
-        return self._rest_env("JARVICE_KEYCLOAK_CLIENT_SECRET")
+        return self._exported("JARVICE_KEYCLOAK_CLIENT_SECRET")
 
     @property
     def static_token(self) -> str:
         """A 30-day service token (``TESTCLUSTER_SLURM_SA_TOKEN``; pass it as JARVICE_SLURM_SA_TOKEN)."""
-        return self._rest_env("TESTCLUSTER_SLURM_SA_TOKEN")
+        return self._exported("TESTCLUSTER_SLURM_SA_TOKEN")
 
     @property
     def oidc_admin(self) -> str:
         """The stand-in's test-only admin endpoints (``http://10.214.N.1:8180/admin``)."""
-        return self._rest_env("TESTCLUSTER_OIDC_ADMIN", "env.sh")
+        return self._exported("TESTCLUSTER_OIDC_ADMIN", "env.sh")
 
     def oidc(self, what: str, **body: object) -> dict:
         """POST ``body`` to the stand-in's admin endpoint ``what`` (token, config, reset): its JSON answer.
@@ -146,12 +143,6 @@ class Cluster:
         """``slurmdbd`` (24.11, 26.05: sacct, accounts, PrivateData=jobs), ``jobcomp`` (22.05: ``sacct -c``) or ``none``."""
         return self._params().get("ACCOUNTING", "jobcomp")
 
-    def _ids_env(self, key: str) -> str:
-        env = read_exports(self.state / "env.sh")
-        if key not in env:
-            raise LookupError(f"the Slurm {self.version} test cluster in {self.state} has no job users ({key} unset)")
-        return env[key]
-
     @property
     def service_user(self) -> str:
         """The SSH user, also the service token's user (``jarvice``)."""
@@ -160,32 +151,32 @@ class Cluster:
     @property
     def job_users(self) -> tuple[str, ...]:
         """Users that submit their own jobs through slurmrestd (``("alice", "bob")``), each in an account of its own."""
-        return tuple(self._ids_env("TESTCLUSTER_JOB_USERS").split())
+        return tuple(self._exported("TESTCLUSTER_JOB_USERS", "env.sh", "job users").split())
 
     @property
     def user_group(self) -> str:
         """The group of the service user and the job users (``jarvice``; JARVICE_SLURM_SSH_USER_GROUP)."""
-        return self._ids_env("TESTCLUSTER_USER_GROUP")
+        return self._exported("TESTCLUSTER_USER_GROUP", "env.sh", "job users")
 
     def account_of(self, user: str) -> str:
         """A user's Slurm account, its default (``acct_alice``); the service user has one too."""
-        return dict(e.split(":", 1) for e in self._ids_env("TESTCLUSTER_ACCOUNTS").split())[user]
+        return dict(e.split(":", 1) for e in self._exported("TESTCLUSTER_ACCOUNTS", "env.sh", "job users").split())[user]
 
     @property
     def coordinated_accounts(self) -> tuple[str, ...]:
         """The accounts the service user is coordinator of (the job users'): with PrivateData=jobs, what it sees."""
-        return tuple(self._ids_env("TESTCLUSTER_COORDINATES").split())
+        return tuple(self._exported("TESTCLUSTER_COORDINATES", "env.sh", "job users").split())
 
     @property
     def jobs_dir(self) -> Path:
         """``<scratch>/.jarvice``: the jobs' shared dir, owner the service user, group user_group, mode 3770."""
-        return Path(self._ids_env("TESTCLUSTER_JOBS_DIR"))
+        return Path(self._exported("TESTCLUSTER_JOBS_DIR", "env.sh", "job users"))
 
     def proxy_key(self, kind: str = "proxy") -> str:
         """A Kubernetes proxy pod's private key (PEM), restricted in the service user's authorized_keys as a site
         would: ``proxy`` (forwarding to the nodes only, sessions answered by /bin/false), ``proxy_shell``
         (``restrict,port-forwarding``: runs commands), ``proxy_no_forwarding`` (no forwarding at all)."""
-        keys = dict(e.split(":", 1) for e in read_exports(self.state / "env.sh")["TESTCLUSTER_PROXY_KEYS"].split())
+        keys = dict(e.split(":", 1) for e in self._exported("TESTCLUSTER_PROXY_KEYS", "env.sh", "proxy keys").split())
         return Path(keys[kind]).read_text()
 
     def user_token(self, user: str, lifetime: int = 600, **kw: object) -> str:
