@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from bench.cluster import ControllerWatch, CountingSSHD, cancel_run
+from bench.cluster import ControllerWatch, CountingSSHD, OutageWatch, cancel_run
 from bench.daemon_proc import DaemonProcess, daemon, job_name, submit
 from bench.stats import Stopwatch
 
@@ -66,30 +66,37 @@ class Context:
         self._stacks: dict[str, contextlib.AsyncExitStack] = {}
         self._sshds: list[CountingSSHD] = []
         self.watch = ControllerWatch()  # run by the runner; never reports an outage when not running
+        self.watches: list[OutageWatch] = [self.watch]  # a stage adds its own (rest: slurmrestd's)
         self.disturbed: list[str] = []  # measurements that met a slurmctld outage on every attempt
 
-    async def undisturbed(self, what: str, measure: Callable[[], Awaitable[T]]) -> T:
-        """``measure()``, again (up to ATTEMPTS times) while slurmctld was down during it.
+    def _disturbed(self, start: float) -> bool:
+        return any(w.disturbed(start, time.perf_counter()) for w in self.watches)
 
-        A failure during an outage counts as disturbed too; a failure with the
-        controller up is a real failure and is raised.
+    async def undisturbed(self, what: str, measure: Callable[[], Awaitable[T]]) -> T:
+        """``measure()``, again (up to ATTEMPTS times) while a watched service (slurmctld, and any a stage added)
+        was down during it.
+
+        A failure during an outage counts as disturbed too; a failure with every service
+        up is a real failure and is raised.
         """
         for attempt in range(1, ATTEMPTS + 1):
             t0 = time.perf_counter()
             try:
                 result = await measure()
             except Exception:
-                if not self.watch.disturbed(t0, time.perf_counter()) or attempt == ATTEMPTS:
+                if not self._disturbed(t0) or attempt == ATTEMPTS:
                     raise
             else:
-                if not self.watch.disturbed(t0, time.perf_counter()):
+                if not self._disturbed(t0):
                     return result
                 if attempt == ATTEMPTS:
                     self.disturbed.append(what)
                     return result
-            print(f"   {what}: slurmctld stopped answering meanwhile (another suite's fault test?); measuring again",
-                  flush=True)
-            await self.watch.wait_up()
+            print(f"   {what}: a service it uses stopped answering meanwhile (another suite's fault test?); "
+                  "measuring again", flush=True)
+            for watch in self.watches:
+                await watch.wait_up(0)
+            await trio.sleep(5.0)  # the daemons' next polls
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ sshds and daemons

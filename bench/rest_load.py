@@ -32,10 +32,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import trio
@@ -66,7 +64,6 @@ LONG_WINDOW = float(os.environ.get("BENCH_REST_LONG", "65"))  # spans a complete
 LONG_RATE = 250.0  # /runstatus per second in it
 TOKEN_FOR = 200.0  # seconds a raw token is used (the stand-in's live 300 s)
 RESTD_LOG = STATE / "log" / "slurmrestd.log"
-T = TypeVar("T")
 _ROUTED = re.compile(r"operations_router: \S+ (GET|POST|DELETE) (/\S+)")
 
 
@@ -77,7 +74,7 @@ def loadavg() -> float:
 # ------------------------------------------------------------------ slurmrestd's outages
 class RestdWatch(OutageWatch):
     """slurmrestd: a TCP connect. Another suite's fault tests kill and restart it; a measurement that
-    overlaps such an outage (or a slurmctld one) is taken again (``again``)."""
+    overlaps such an outage (or a slurmctld one) is taken again (``Context.undisturbed``)."""
 
     TIMEOUT = 1.0
 
@@ -95,32 +92,7 @@ class RestdWatch(OutageWatch):
         return True
 
 
-WATCH: RestdWatch | None = None
-ATTEMPTS = 3
-
-
-async def again(ctx: Context, what: str, measure: Callable[[], Awaitable[T]]) -> T:
-    """``measure()``, again while slurmrestd or slurmctld was down during it (as ``Context.undisturbed``)."""
-    assert WATCH is not None
-    for attempt in range(1, ATTEMPTS + 1):
-        t0 = time.perf_counter()
-        try:
-            result = await measure()
-        except Exception:
-            if attempt == ATTEMPTS or not (WATCH.disturbed(t0, time.perf_counter())
-                                           or ctx.watch.disturbed(t0, time.perf_counter())):
-                raise
-        else:
-            if not (WATCH.disturbed(t0, time.perf_counter()) or ctx.watch.disturbed(t0, time.perf_counter())):
-                return result
-            if attempt == ATTEMPTS:
-                ctx.disturbed.append(what)
-                return result
-        print(f"   {what}: slurmrestd or slurmctld stopped answering meanwhile (another suite's fault test?); "
-              "measuring again", flush=True)
-        await WATCH.wait_up()
-        await ctx.watch.wait_up(0)
-    raise AssertionError("unreachable")
+WATCH: RestdWatch | None = None  # while the stage runs (also in Context.watches)
 
 
 # ------------------------------------------------------------------ raw slurmrestd, same client
@@ -326,17 +298,17 @@ async def submit_rate(ctx: Context, live: Live, raw: RawRest, env: dict[str, str
             await raw_submits(raw, [body] * WARMUP, parallel)
             return await raw_submits(raw, [body] * count, parallel)
 
-        seconds, ids = await again(ctx, label, once)
+        seconds, ids = await ctx.undisturbed(label, once)
         rows[label] = {"jobs": len(ids), "seconds": seconds, "jobs_per_s": len(ids) / seconds}
         await trio.to_thread.run_sync(cancel_run, f"bench_raw{ctx.tag}")
 
     await rawrow("raw POST job/submit, sequential", RAW_SEQUENTIAL, 1)
     await rawrow(f"raw POST job/submit, {CONCURRENCY} parallel", RAW_PARALLEL, CONCURRENCY)
     await ctx.submit_many(live, WARMUP, tag="w", held=True, concurrency=1)
-    rows["daemon /submit, 1 client"] = await again(ctx,
+    rows["daemon /submit, 1 client"] = await ctx.undisturbed(
         "daemon /submit, 1 client", lambda: _daemon_rate(ctx, live, DAEMON_SEQUENTIAL, 1))
     count = max(CONCURRENCY * 20, total - len(await ctx.active(live)))
-    rows[f"daemon /submit, {CONCURRENCY} clients"] = await again(ctx,
+    rows[f"daemon /submit, {CONCURRENCY} clients"] = await ctx.undisturbed(
         "daemon /submit, 8 clients", lambda: _daemon_rate(ctx, live, count, CONCURRENCY))
     await rawrow(f"raw POST job/submit, {CONCURRENCY} parallel (after)", RAW_PARALLEL, CONCURRENCY)
     seq = rows["raw POST job/submit, sequential"]["jobs_per_s"]
@@ -390,7 +362,7 @@ async def load_rows(ctx: Context, live: Live, jobs: list[JobRef], periods: tuple
     for period in periods:
         print(f"   load with {len(jobs):,} jobs, upstream {'silent' if period is None else f'every {period:g}s'} "
               f"(load average {loadavg():.2f})", flush=True)
-        rows.append(await again(ctx, f"REST load, {len(jobs):,} jobs, {period}",
+        rows.append(await ctx.undisturbed(f"REST load, {len(jobs):,} jobs, {period}",
                                           lambda period=period: load_row(live, jobs, period)))
     return rows
 
@@ -457,7 +429,7 @@ async def latency(ctx: Context, live: Live, active: list[JobRef]) -> dict:
             "source": f"{len(active):,} real held Slurm jobs, polled through slurmrestd every {live.poll_interval:g}s",
             "endpoints": {}}
     try:
-        tier["endpoints"] = await again(ctx, "latency", lambda: api_latency.endpoints(ctx, live, active, []))
+        tier["endpoints"] = await ctx.undisturbed("latency", lambda: api_latency.endpoints(ctx, live, active, []))
     except Exception as exc:  # noqa: BLE001 - a 503 (stale snapshot) ends benchmark 1's windows: say so, go on
         while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
             exc = exc.exceptions[0]
@@ -469,7 +441,7 @@ async def latency(ctx: Context, live: Live, active: list[JobRef]) -> dict:
     calls = [lambda job=job: live.proc.upstream.post("/runstatus", job.args) for job in active]
     m0 = await daemon_metrics(live)
     print(f"   /runstatus on a timer at {LONG_RATE:g}/s for {LONG_WINDOW:g}s (load average {loadavg():.2f})", flush=True)
-    paced = await again(ctx, "paced /runstatus",
+    paced = await ctx.undisturbed("paced /runstatus",
                         lambda: upstream_load.drive(calls, period=len(calls) / LONG_RATE, window=LONG_WINDOW))
     m1 = await daemon_metrics(live)
     paced["polls"] = _metric(m1, "poll_seconds_count") - _metric(m0, "poll_seconds_count")
@@ -496,11 +468,13 @@ async def run(ctx: Context) -> dict:
         return ctx.results["rest"]
     global WATCH
     WATCH = RestdWatch(env["JARVICE_SLURMRESTD_URL"])
+    ctx.watches.append(WATCH)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(WATCH.run)
         try:
             return await _run(ctx, env)
         finally:
+            ctx.watches.remove(WATCH)
             nursery.cancel_scope.cancel()
 
 
@@ -519,7 +493,7 @@ async def _run(ctx: Context, env: dict[str, str]) -> dict:
             rows = await load_rows(ctx, live, active, periods)
             print_load(rows)
             result["load"] += rows
-            result["listings"].append(await again(ctx, "listings", partial(listing_cost, raw, len(active))))
+            result["listings"].append(await ctx.undisturbed("listings", partial(listing_cost, raw, len(active))))
             print_listings(result["listings"][-1:])
         active = await populate(ctx, live, raw, env, TARGET)
         result["reached"] = len(active)
@@ -528,7 +502,7 @@ async def _run(ctx: Context, env: dict[str, str]) -> dict:
         rows = await load_rows(ctx, live, active, (None, 10.0))
         print_load(rows)
         result["load"] += rows
-        result["listings"].append(await again(ctx, "listings", partial(listing_cost, raw, len(active))))
+        result["listings"].append(await ctx.undisturbed("listings", partial(listing_cost, raw, len(active))))
         print_listings(result["listings"][-1:])
         result["latency"] = await latency(ctx, live, active)
         print_load(result["load"])

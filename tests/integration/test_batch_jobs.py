@@ -10,13 +10,9 @@ import pytest
 import trio
 
 from tests.integration.conftest import Daemon, settings, slurm, start_daemon, state, unique_name
-from tests.support.upstream import submit_args
+from tests.support.upstream import ids, submit_args
 
 HMS = re.compile(r"^\d{2,}:\d{2}:\d{2}$")
-
-
-def ids(name: str, number: int, jobid: str) -> dict:
-    return {"name": name, "number": number, "jobid": jobid}
 
 
 async def run_to_end(daemon: Daemon, name: str, number: int, body: str, **kw: object) -> tuple[str, list]:

@@ -31,12 +31,10 @@ Facts measured here (24.11 and 26.05 alike unless said):
 
 from __future__ import annotations
 
-import contextlib
 import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -107,19 +105,6 @@ def squeue_of_service_user(cluster: Cluster) -> dict[str, str]:
     out = as_service_user(cluster, "squeue -h -t all -o '%i|%u'")
     assert out.returncode == 0, out.stderr
     return dict(line.split("|") for line in out.stdout.split())
-
-
-@contextlib.contextmanager
-def coordinator_removed(cluster: Cluster) -> Iterator[None]:
-    """The service user without its coordinator role for the job users' accounts; restored after, whatever happens."""
-    accounts = ",".join(cluster.coordinated_accounts)
-    subprocess.run(cluster.login("sacctmgr", "-i", "remove", "coordinator", f"account={accounts}",
-                                 f"names={cluster.service_user}"), check=True, capture_output=True, timeout=60)
-    try:
-        yield
-    finally:
-        subprocess.run(cluster.login("sacctmgr", "-i", "add", "coordinator", f"account={accounts}",
-                                     f"names={cluster.service_user}"), check=True, capture_output=True, timeout=60)
 
 
 def cancel(*jobids: str) -> None:
@@ -201,7 +186,7 @@ def test_without_the_coordinator_role_the_service_user_sees_neither_user_s_jobs(
     ids = {user: submitted(cluster.user_token(user), unique(f"{user}_coord"), "sleep 60\n") for user in (alice, bob)}
     try:
         assert set(ids.values()) <= set(listed())
-        with coordinator_removed(cluster):
+        with cluster.coordinator_removed():
             assert not set(ids.values()) & set(listed())
             assert not set(ids.values()) & set(squeue_of_service_user(cluster))
             assert job(ids[alice]) is None

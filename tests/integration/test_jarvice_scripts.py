@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from tests.integration.conftest import Daemon, settings, start_daemon, state, unique_name
-from tests.support.upstream import submit_args
+from tests.support.upstream import ids, submit_args
 
 
 def scratch() -> Path:
@@ -34,10 +34,6 @@ def scratch() -> Path:
 def jobs_dir() -> Path:
     return scratch() / ".jarvice" / "jobs"
 DAY = 86400
-
-
-def ids(name: str, number: int, jobid: str) -> dict:
-    return {"name": name, "number": number, "jobid": jobid}
 
 
 @pytest.fixture

@@ -20,11 +20,7 @@ from config.settings import ConfigError
 from daemon.server import serve
 from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name, user_token
 from tests.support.cluster import current
-from tests.support.upstream import submit_args
-
-
-def ids(name: str, number: int, jobid: str) -> dict:
-    return {"name": name, "number": number, "jobid": jobid}
+from tests.support.upstream import ids, submit_args
 
 
 async def test_without_ssh_batch_jobs_run_and_what_cannot_be_shown_says_why(nursery: trio.Nursery) -> None:

@@ -10,23 +10,17 @@ role (kept, not ended, until it can be seen again).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
-from tests.integration.conftest import Daemon, settings, slurm, start_daemon, unique_name
+from tests.integration.conftest import Daemon, settings, start_daemon, unique_name
 from tests.integration.test_faults import daemon_env, daemon_processes, first_ok, http  # noqa: F401 - a fixture
 from tests.support.cluster import current
 from tests.support.processes import CLI, DaemonProcess, free_port
-from tests.support.upstream import Upstream, submit_args
+from tests.support.upstream import Upstream, ids, submit_args
 
 BODY = 'echo "runs as $(id -un)"; sleep {seconds}; exit {rc}'
-
-
-def ids(name: str, number: int, jobid: str) -> dict:
-    return {"name": name, "number": number, "jobid": jobid}
 
 
 async def submit_as(up: Upstream, user: str, tag: str, number: int, *, seconds: int = 1, rc: int = 0) -> tuple[str, str]:
@@ -45,18 +39,6 @@ async def finished(up: Upstream, name: str, timeout: float = 90) -> None:
             if all(entry[0] != name for entries in lists for entry in entries):
                 return
             await trio.sleep(0.3)
-
-
-@contextlib.contextmanager
-def coordinator_removed() -> Iterator[None]:
-    cluster = current()
-    accounts = ",".join(cluster.coordinated_accounts)
-    user = cluster.service_user
-    slurm("sacctmgr", "-i", "remove", "coordinator", f"accounts={accounts}", f"names={user}")
-    try:
-        yield
-    finally:
-        slurm("sacctmgr", "-i", "add", "coordinator", f"accounts={accounts}", f"names={user}")
 
 
 async def test_each_users_job_runs_as_that_user_and_is_collected(daemon: Daemon) -> None:
@@ -87,7 +69,7 @@ async def test_a_lost_coordinator_role_neither_ends_a_job_nor_goes_unsaid(nurser
         up = daemon.upstream
         name, jobid = await submit_as(up, "alice", "hidden", 83, seconds=12, rc=0)
         await daemon.wait_phase(name, "running")
-        with coordinator_removed():
+        with current().coordinator_removed():
             await trio.sleep(4)  # several polls that do not show it
             assert [name, jobid] in await up.call("/running"), "a job that became invisible was reported ended"
             state = (await up.client.get("/admin/state")).json()

@@ -167,6 +167,19 @@ class Cluster:
         """The accounts the service user is coordinator of (the job users'): with PrivateData=jobs, what it sees."""
         return tuple(self._exported("TESTCLUSTER_COORDINATES", "env.sh", "job users").split())
 
+    @contextlib.contextmanager
+    def coordinator_removed(self) -> Iterator[None]:
+        """The service user without its coordinator role for the job users' accounts (with PrivateData=jobs: their
+        jobs hide from it); restored after, whatever happens."""
+        role = (f"account={','.join(self.coordinated_accounts)}", f"names={self.service_user}")
+        subprocess.run(self.login("sacctmgr", "-i", "remove", "coordinator", *role), check=True, capture_output=True,
+                       timeout=60)
+        try:
+            yield
+        finally:
+            subprocess.run(self.login("sacctmgr", "-i", "add", "coordinator", *role), check=True, capture_output=True,
+                           timeout=60)
+
     @property
     def jobs_dir(self) -> Path:
         """``<scratch>/.jarvice``: the jobs' shared dir, owner the service user, group user_group, mode 3770."""

@@ -107,6 +107,11 @@ def job_script(body: str, *, cores: int = 1, interactive: bool = False, devices:
 PLACEHOLDER_BEARER = "upstream-bearer-token"  # stands for the user's JWT; Upstream(bearer=...) puts a real one
 
 
+def ids(name: str, number: int, jobid: str) -> dict:
+    """The ``args`` of a job-scoped call (/exitstatus, /runstatus, /terminate ...)."""
+    return {"name": name, "number": number, "jobid": jobid}
+
+
 def submit_args(name: str, number: int, body: str, *, nodes: int = 1, held: bool = False,
                 executor: str = "singularity", **script: object) -> dict:
     encoded = base64.b64encode(job_script(body, **script).encode()).decode()  # type: ignore[arg-type]
