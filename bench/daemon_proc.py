@@ -35,6 +35,7 @@ class DaemonProcess:
     url: str
     client: httpx.AsyncClient
     log_path: Path
+    bearer: str | None = None  # /submit's bearer in place of the placeholder ("": the service identity)
 
     @property
     def pid(self) -> int:
@@ -42,7 +43,7 @@ class DaemonProcess:
 
     @property
     def upstream(self) -> Upstream:
-        return Upstream(self.client)
+        return Upstream(self.client, bearer=self.bearer)
 
     def status(self) -> dict[str, int]:
         """VmRSS and VmHWM (kB) of the daemon process, from /proc."""
@@ -102,7 +103,10 @@ async def daemon(name: str, env: Mapping[str, str], log_dir: Path, *, argv: list
     try:
         async with client_for(url, env["JARVICE_SCHED_SERVER_KEY"]) as client:
             await _wait_ready(client, process, log_path)
-            yield DaemonProcess(name, process, url, client, log_path)
+            # slurmrestd_client reads /submit's bearer as the user's JWT: the benchmarks submit as the service
+            # identity (an empty bearer), as they did over SSH
+            bearer = "" if env.get("JARVICE_SLURM_CLIENT") == "slurmrestd_client" else None
+            yield DaemonProcess(name, process, url, client, log_path, bearer)
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
