@@ -549,14 +549,20 @@ class SSHTarget:
         return f"{self.host}:{self.port}"
 
 
+def service_user(env: Mapping[str, str]) -> str:
+    """JARVICE_SLURM_SSH_USER, checked: the SSH login, and slurmrestd's service user (in its URL paths) too."""
+    user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
+    if not _USER_RE.match(user):
+        raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    return user
+
+
 def ssh_login(env: Mapping[str, str]) -> SSHTarget:
     """The SSH variables, checked: read alike by the daemon and by its proxy pods."""
     addr = _required(env, "JARVICE_SLURM_CLUSTER_ADDR")
     if not (_HOST_RE.match(addr) or _is_ip(addr)):
         raise ConfigError("JARVICE_SLURM_CLUSTER_ADDR", f"not a host name or address: {addr!r}")
-    user = _get(env, "JARVICE_SLURM_SSH_USER", "jarvice")
-    if not _USER_RE.match(user):
-        raise ConfigError("JARVICE_SLURM_SSH_USER", f"not a valid login name: {user!r}")
+    user = service_user(env)
     known_hosts = _known_hosts(env)
     insecure = _bool(env, "JARVICE_SLURM_SSH_INSECURE_HOST_KEY")
     return SSHTarget(
@@ -606,7 +612,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         cluster_addr=login.host if login else "",
         cluster_port=login.port if login else 22,
-        ssh_user=login.user if login else _get(env, "JARVICE_SLURM_SSH_USER", "jarvice"),
+        ssh_user=login.user if login else service_user(env),
         ssh_pkey=login.private_key if login else "",
         ssh_known_hosts=login.known_hosts if login else None,
         ssh_insecure_host_key=login.insecure_host_key if login else False,

@@ -181,3 +181,11 @@ async def test_no_proxy_bypasses_it_and_the_site_ca_is_trusted(tmp_path: Path) -
     config = kube._api.configuration  # noqa: SLF001 - what the official client will use
     assert config.ssl_ca_cert == str(ca)
     assert config.no_proxy == "kube-api.example" and config.proxy == "http://proxy:3128"
+
+
+def test_without_ssh_the_service_user_is_checked_too(env: dict[str, str]) -> None:
+    """slurmrestd puts the service user in URL paths (slurmdb's user/<name>): a bad one stops the start as over SSH."""
+    no_ssh = {k: v for k, v in env.items() if not k.startswith("JARVICE_SLURM_")}
+    with pytest.raises(ConfigError, match="JARVICE_SLURM_SSH_USER: not a valid login name"):
+        load({**no_ssh, **REST, "JARVICE_SLURM_SA_TOKEN": JWT, "JARVICE_SLURM_SCRATCH_DIR": "/scratch",
+              "JARVICE_SLURM_SSH_USER": "../admin"})
